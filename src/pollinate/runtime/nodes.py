@@ -1,0 +1,73 @@
+"""The virtual nodes of a simulation: ids, per-node config and persistent state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pollinate.errors import ConfigError, NodeUnavailableError
+from pollinate.records import ConfigValue, Context, RecordDict, keys
+
+__all__ = ["NodeConfigFn", "VirtualNodes"]
+
+#: Extra node_config for the virtual node with a given partition id.
+NodeConfigFn = Callable[[int], Mapping[str, ConfigValue]]
+
+
+@dataclass
+class VirtualNodes:
+    """The federation of a simulation: node ``i + 1`` holds partition ``i``.
+
+    Only an id, a small config and the node's ``Context.state`` are kept per node;
+    nothing else exists while a node is idle.
+    """
+
+    num_nodes: int
+    run_id: int = 0
+    run_config: dict[str, ConfigValue] = field(default_factory=dict)
+    node_config_fn: NodeConfigFn | None = None
+    _states: dict[int, RecordDict] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ConfigError(f"a simulation needs at least 1 node, got {self.num_nodes!r}")
+
+    @property
+    def node_ids(self) -> list[int]:
+        """All node ids, ascending."""
+        return list(range(1, self.num_nodes + 1))
+
+    def check(self, node_id: int) -> None:
+        """Raise NodeUnavailableError for an id that is not in this federation."""
+        if not 1 <= node_id <= self.num_nodes:
+            raise NodeUnavailableError(
+                f"no node {node_id} in this simulation (node ids are 1..{self.num_nodes})"
+            )
+
+    def node_config(self, node_id: int) -> dict[str, ConfigValue]:
+        """``partition-id``, ``num-partitions`` and whatever ``node_config_fn`` adds."""
+        partition_id = node_id - 1
+        config: dict[str, ConfigValue] = {
+            keys.PARTITION_ID: partition_id,
+            keys.NUM_PARTITIONS: self.num_nodes,
+        }
+        if self.node_config_fn is not None:
+            config.update(self.node_config_fn(partition_id))
+        return config
+
+    def context(self, node_id: int, state: RecordDict | None = None) -> Context:
+        """A fresh Context for one call on ``node_id`` carrying its persisted state."""
+        return Context(
+            run_id=self.run_id,
+            node_id=node_id,
+            node_config=self.node_config(node_id),
+            run_config=dict(self.run_config),
+            state=state if state is not None else self._states.get(node_id, RecordDict()),
+        )
+
+    def keep_state(self, node_id: int, state: RecordDict) -> None:
+        """Persist a node's state after a call (empty states cost nothing)."""
+        if len(state):
+            self._states[node_id] = state
+        else:
+            self._states.pop(node_id, None)

@@ -1,0 +1,157 @@
+"""Aggregation kernels: pure arithmetic on records, no I/O and no messages.
+
+Weighted means are *summable*: each reply is folded into running sums as it arrives,
+so aggregating any number of replies holds one model's worth of accumulators, not one
+model per node. Sums run in float64 whatever the arrays' dtype, and the result is cast
+back to each array's own dtype (rounded for integers, thresholded for bools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pollinate.errors import AggregationError
+from pollinate.records import ArrayRecord, MetricRecord, MetricValue
+
+__all__ = [
+    "MetricMeanAccumulator",
+    "WeightedMeanAccumulator",
+    "aggregate_weighted_mean",
+    "cast_like",
+]
+
+
+def cast_like(values: NDArray[np.float64], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """Cast float64 ``values`` to ``dtype``: round integers, threshold bools at 0.5."""
+    if dtype.kind == "b":
+        return np.asarray(values >= 0.5)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
+class WeightedMeanAccumulator:
+    """Running weighted mean of ArrayRecords with one structure.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = WeightedMeanAccumulator()
+    >>> acc.add(ArrayRecord({"w": np.array([0.0, 2.0])}), weight=1)
+    >>> acc.add(ArrayRecord({"w": np.array([3.0, 5.0])}), weight=2)
+    >>> acc.result()["w"]
+    array([2., 4.])
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, NDArray[np.float64]] | None = None
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        self._structure: list[tuple[str, str, tuple[int, ...]]] = []
+        self._scratch: dict[str, NDArray[np.float64]] = {}
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, arrays: ArrayRecord, weight: float, *, source: str = "a reply") -> None:
+        """Fold ``arrays`` in with ``weight`` (for FedAvg: the node's example count)."""
+        if not np.isfinite(weight) or weight < 0:
+            raise AggregationError(f"{source} has weight {weight}; weights must be finite and >= 0")
+        if self._sums is None:
+            self._structure = arrays.structure()
+            self._dtypes = {name: array.dtype for name, array in arrays.items()}
+            self._sums = {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}
+            self._scratch = {name: np.empty(a.shape, np.float64) for name, a in arrays.items()}
+        elif arrays.structure() != self._structure:
+            raise AggregationError(
+                f"{source} has arrays {_describe(arrays.structure())}, but earlier replies had "
+                f"{_describe(self._structure)}; every node must return the same model structure"
+            )
+        for name, array in arrays.items():
+            scratch = self._scratch[name]
+            np.multiply(array, weight, out=scratch, casting="unsafe")
+            np.add(self._sums[name], scratch, out=self._sums[name])
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def result(self) -> ArrayRecord:
+        """The weighted mean so far, in each array's own dtype."""
+        if self._sums is None or self.total_weight <= 0:
+            raise AggregationError(
+                "nothing to aggregate: no replies with a positive weight "
+                f"({self.count} replies, total weight {self.total_weight})"
+            )
+        out = ArrayRecord()
+        for name, total in self._sums.items():
+            out[name] = cast_like(total / self.total_weight, self._dtypes[name])
+        return out
+
+
+def _describe(structure: list[tuple[str, str, tuple[int, ...]]]) -> str:
+    shown = ", ".join(f"{n}:{d}{list(s)}" for n, d, s in structure[:4])
+    return f"[{shown}{', ...' if len(structure) > 4 else ''}]"
+
+
+def aggregate_weighted_mean(records: Iterable[tuple[ArrayRecord, float]]) -> ArrayRecord:
+    """Weighted mean of ``(arrays, weight)`` pairs, streamed through one accumulator."""
+    accumulator = WeightedMeanAccumulator()
+    for arrays, weight in records:
+        accumulator.add(arrays, weight)
+    return accumulator.result()
+
+
+class MetricMeanAccumulator:
+    """Running weighted mean of MetricRecords; ``sum_keys`` are summed instead.
+
+    A metric missing from some replies is averaged over the replies that have it.
+    Lists are averaged element-wise when their lengths agree, dropped otherwise.
+    """
+
+    def __init__(self, *, sum_keys: Iterable[str] = ()) -> None:
+        self._sum_keys = frozenset(sum_keys)
+        self._sums: dict[str, Any] = {}
+        self._weights: dict[str, float] = {}
+        self._dropped: set[str] = set()
+
+    def add(self, metrics: MetricRecord, weight: float) -> None:
+        """Fold one reply's metrics in with ``weight``."""
+        for key, value in metrics.items():
+            if key in self._dropped:
+                continue
+            factor = 1.0 if key in self._sum_keys else weight
+            contribution: Any = (
+                np.asarray(value, np.float64) * factor
+                if isinstance(value, list)
+                else float(value) * factor
+            )
+            if key not in self._sums:
+                self._sums[key] = contribution
+                self._weights[key] = weight
+                continue
+            previous = self._sums[key]
+            if np.shape(previous) != np.shape(contribution):
+                self._dropped.add(key)
+                del self._sums[key]
+                continue
+            self._sums[key] = previous + contribution
+            self._weights[key] += weight
+
+    def result(self) -> MetricRecord:
+        """The aggregated metrics."""
+        out: dict[str, MetricValue] = {}
+        for key, total in self._sums.items():
+            if key in self._sum_keys:
+                if isinstance(total, np.ndarray):
+                    out[key] = [float(v) for v in total]
+                else:
+                    out[key] = int(total) if float(total).is_integer() else float(total)
+                continue
+            weight = self._weights[key]
+            if weight <= 0:
+                continue
+            mean = total / weight
+            out[key] = [float(v) for v in mean] if isinstance(mean, np.ndarray) else float(mean)
+        return MetricRecord(out)

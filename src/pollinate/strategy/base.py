@@ -1,0 +1,224 @@
+"""Strategy: the federated round loop, written once.
+
+A strategy decides *what* happens in a round (which nodes, which instructions, how to
+combine the replies); :meth:`Strategy.start` decides *when*: it runs rounds of
+train -> aggregate -> federated evaluate -> centralized evaluate, counts replies and
+failures, enforces each round's deadline and minimum number of replies, and reports
+to the grid's observer. Subclasses override the four ``configure_*``/``aggregate_*``
+hooks (and optionally ``evaluate``), never the loop.
+
+Error replies are counted, logged and filtered out here, so ``aggregate_*`` receive
+only replies with content.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from pollinate.errors import AggregationError, ConfigError
+from pollinate.records import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigValue,
+    Message,
+    MetricRecord,
+    MetricValue,
+    keys,
+)
+from pollinate.strategy.history import History, PhaseSummary, RoundRecord
+
+if TYPE_CHECKING:
+    from pollinate.server.grid import Grid
+
+__all__ = ["EvaluateFn", "Result", "Strategy"]
+
+log = logging.getLogger("pollinate")
+
+#: Centralized evaluation on the server's own data: ``(server_round, arrays) -> metrics``.
+EvaluateFn: TypeAlias = Callable[[int, ArrayRecord], "MetricRecord | None"]
+
+_MAX_ERRORS_KEPT = 5
+
+
+@dataclass
+class Result:
+    """What a run produced: the final global arrays and the per-round history."""
+
+    arrays: ArrayRecord
+    history: History
+
+
+class Strategy(ABC):
+    """Base of all strategies; see the module docstring for the division of labour."""
+
+    @abstractmethod
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """The train instructions of this round (an empty list skips training)."""
+
+    @abstractmethod
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Combine train replies (streamed, in sending order) into new arrays and metrics."""
+
+    @abstractmethod
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """The evaluate instructions of this round (an empty list skips evaluation)."""
+
+    @abstractmethod
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Combine evaluate replies into metrics."""
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Centralized evaluation on the server's own data; none by default."""
+        return None
+
+    def min_replies(self, phase: str, num_sampled: int) -> int:
+        """Replies a phase needs to count; fewer stops the run (train) or skips metrics."""
+        return 1 if num_sampled else 0
+
+    def start(
+        self,
+        grid: Grid,
+        *,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600.0,
+        train_config: Mapping[str, ConfigValue] | None = None,
+        evaluate_config: Mapping[str, ConfigValue] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` rounds from ``initial_arrays`` and return the final model.
+
+        Parameters
+        ----------
+        grid:
+            The runtime's connection to the nodes.
+        initial_arrays:
+            The global model before round 1.
+        num_rounds:
+            How many rounds to run.
+        timeout:
+            Deadline of each phase of each round, in seconds. Nodes that have not
+            replied by then count as failed.
+        train_config, evaluate_config:
+            Sent to nodes in every train/evaluate instruction, with ``server-round``.
+        evaluate_fn:
+            Centralized evaluation, used instead of :meth:`evaluate` when given.
+        """
+        if not isinstance(initial_arrays, ArrayRecord):
+            raise ConfigError(
+                f"initial_arrays must be an ArrayRecord, got {type(initial_arrays).__name__}"
+            )
+        if num_rounds < 0:
+            raise ConfigError(f"num_rounds must be >= 0, got {num_rounds}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive seconds, got {timeout}")
+        centralized = evaluate_fn if evaluate_fn is not None else self.evaluate
+        observer = grid.observer
+        history = History(initial_centralized=_as_dict(centralized(0, initial_arrays)))
+        observer.on_start(num_rounds, history.initial_centralized)
+        arrays = initial_arrays
+        for server_round in range(1, num_rounds + 1):
+            started = time.perf_counter()
+            record = RoundRecord(server_round=server_round)
+
+            config = _round_config(train_config, server_round)
+            messages = self.configure_train(server_round, arrays, config, grid)
+            if messages:
+                summary = PhaseSummary(sampled=len(messages))
+                replies = self._replies(grid, messages, timeout, server_round, "train", summary)
+                new_arrays, metrics = self.aggregate_train(server_round, replies)
+                _drain(replies)
+                self._check_enough(server_round, "train", summary)
+                summary.metrics = _as_dict(metrics)
+                summary.seconds = time.perf_counter() - started
+                record.train = summary
+                if new_arrays is not None:
+                    arrays = new_arrays
+
+            config = _round_config(evaluate_config, server_round)
+            messages = self.configure_evaluate(server_round, arrays, config, grid)
+            if messages:
+                phase_started = time.perf_counter()
+                summary = PhaseSummary(sampled=len(messages))
+                replies = self._replies(grid, messages, timeout, server_round, "evaluate", summary)
+                metrics = self.aggregate_evaluate(server_round, replies)
+                _drain(replies)
+                if summary.replied >= self.min_replies("evaluate", summary.sampled):
+                    summary.metrics = _as_dict(metrics)
+                else:
+                    log.warning(
+                        "round %d: only %d of %d nodes answered evaluate; no metrics this round",
+                        server_round, summary.replied, summary.sampled,
+                    )
+                summary.seconds = time.perf_counter() - phase_started
+                record.evaluate = summary
+
+            record.centralized = _as_dict(centralized(server_round, arrays))
+            record.seconds = time.perf_counter() - started
+            history.rounds.append(record)
+            observer.on_round_end(record)
+        return Result(arrays=arrays, history=history)
+
+    def _replies(
+        self,
+        grid: Grid,
+        messages: list[Message],
+        timeout: float,
+        server_round: int,
+        phase: str,
+        summary: PhaseSummary,
+    ) -> Iterator[Message]:
+        """Good replies only; failures are counted, logged and reported."""
+        grid.observer.on_phase_start(server_round, phase, len(messages))
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            error = reply.error
+            if error is None:
+                summary.replied += 1
+                grid.observer.on_reply(server_round, phase, ok=True)
+                yield reply
+                continue
+            summary.failed += 1
+            grid.observer.on_reply(server_round, phase, ok=False)
+            text = f"node {reply.metadata.src_node_id}: {error.reason}"
+            if len(summary.errors) < _MAX_ERRORS_KEPT:
+                summary.errors.append(text)
+            log.warning("round %d %s: %s", server_round, phase, text)
+
+    def _check_enough(self, server_round: int, phase: str, summary: PhaseSummary) -> None:
+        needed = self.min_replies(phase, summary.sampled)
+        if summary.replied < needed:
+            detail = "; ".join(summary.errors) or "no details"
+            raise AggregationError(
+                f"round {server_round}: only {summary.replied} of {summary.sampled} nodes "
+                f"replied to {phase} ({summary.failed} failed), {needed} are needed. "
+                f"First failures: {detail}"
+            )
+
+
+def _round_config(base: Mapping[str, ConfigValue] | None, server_round: int) -> ConfigRecord:
+    config = ConfigRecord(base or {})
+    config[keys.SERVER_ROUND] = server_round
+    return config
+
+
+def _drain(replies: Iterator[Message]) -> None:
+    """Consume what an aggregator left, so every reply is counted."""
+    for _ in replies:
+        pass
+
+
+def _as_dict(metrics: MetricRecord | None) -> dict[str, MetricValue]:
+    return dict(metrics) if metrics is not None else {}

@@ -1,0 +1,226 @@
+"""Federated Averaging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeAlias
+
+import numpy as np
+
+from pollinate.errors import AggregationError, ConfigError
+from pollinate.records import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict, keys
+from pollinate.sampling import Sampler, UniformSampler
+from pollinate.strategy.aggregate import MetricMeanAccumulator, WeightedMeanAccumulator
+from pollinate.strategy.base import Strategy
+
+if TYPE_CHECKING:
+    from pollinate.server.grid import Grid
+
+__all__ = ["FedAvg", "MetricsAggregationFn"]
+
+#: Combines ``(metrics, weight)`` pairs of one phase into the round's metrics.
+MetricsAggregationFn: TypeAlias = Callable[[list[tuple[MetricRecord, float]]], MetricRecord]
+
+
+class FedAvg(Strategy):
+    """Federated Averaging: the example-weighted mean of the nodes' models.
+
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from
+    Decentralized Data", AISTATS 2017, https://arxiv.org/abs/1602.05629.
+
+    Each reply is folded into running sums as it arrives, so memory stays at one
+    model however many nodes reply. Metrics are averaged with the same weights.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate:
+        Share of the available nodes sampled for training / evaluation each round
+        (``0`` skips the phase).
+    min_train_nodes, min_evaluate_nodes:
+        Fewest nodes to sample, and fewest good replies a phase needs. Too few train
+        replies stop the run with an :class:`~pollinate.errors.AggregationError`.
+    min_available_nodes:
+        A round waits (up to ``wait_timeout`` s) until this many nodes are connected.
+    weight_key:
+        The reply metric that weights each node (its number of training examples).
+    arrays_key, config_key:
+        Names of the ArrayRecord and ConfigRecord in instructions and replies.
+    train_metrics_aggr_fn, evaluate_metrics_aggr_fn:
+        Replace the default weighted mean of metrics (that default streams; a custom
+        function receives all metrics of the phase at once).
+    sampler:
+        Chooses the nodes of each round; uniform by default.
+    rng:
+        The only source of randomness (node sampling); seed it for reproducible runs.
+
+    Examples
+    --------
+    >>> strategy = FedAvg(fraction_train=0.5, min_available_nodes=10,
+    ...                   rng=np.random.default_rng(42))
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        wait_timeout: float = 60.0,
+        weight_key: str = keys.NUM_EXAMPLES,
+        arrays_key: str = keys.ARRAYS,
+        config_key: str = keys.CONFIG,
+        metrics_key: str = keys.METRICS,
+        train_metrics_aggr_fn: MetricsAggregationFn | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggregationFn | None = None,
+        sampler: Sampler | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        for name, value in (("fraction_train", fraction_train),
+                            ("fraction_evaluate", fraction_evaluate)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be within [0, 1], got {value}")
+        for name, count in (("min_train_nodes", min_train_nodes),
+                            ("min_evaluate_nodes", min_evaluate_nodes),
+                            ("min_available_nodes", min_available_nodes)):
+            if not isinstance(count, int) or count < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {count!r}")
+        if wait_timeout <= 0:
+            raise ConfigError(f"wait_timeout must be positive seconds, got {wait_timeout}")
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_nodes = min_train_nodes
+        self.min_evaluate_nodes = min_evaluate_nodes
+        self.min_available_nodes = min_available_nodes
+        self.wait_timeout = wait_timeout
+        self.weight_key = weight_key
+        self.arrays_key = arrays_key
+        self.config_key = config_key
+        self.metrics_key = metrics_key
+        self.train_metrics_aggr_fn = train_metrics_aggr_fn
+        self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
+        self.sampler: Sampler = sampler if sampler is not None else UniformSampler()
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fraction_train={self.fraction_train}, "
+            f"fraction_evaluate={self.fraction_evaluate}, min_train_nodes={self.min_train_nodes}, "
+            f"min_available_nodes={self.min_available_nodes})"
+        )
+
+    # -- sampling ---------------------------------------------------------------------
+    def _sample(self, server_round: int, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        if fraction == 0.0:
+            return []
+        nodes = grid.wait_for_nodes(max(self.min_available_nodes, minimum),
+                                    timeout=self.wait_timeout)
+        wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum, 1))
+        return self.sampler.sample(nodes, wanted, server_round=server_round, rng=self.rng)
+
+    def _instructions(
+        self,
+        message_type: str,
+        node_ids: list[int],
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+    ) -> list[Message]:
+        # One content object shared by all instructions: runtimes serialize it once.
+        content = RecordDict({self.arrays_key: arrays, self.config_key: config})
+        return [
+            Message(content, dst_node_id=node_id, message_type=message_type,
+                    group_id=str(server_round), run_id=grid.run_id)
+            for node_id in node_ids
+        ]
+
+    # -- the Strategy hooks ------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Sample ``fraction_train`` of the nodes and send each the global arrays."""
+        node_ids = self._sample(server_round, grid, self.fraction_train, self.min_train_nodes)
+        return self._instructions(keys.TRAIN, node_ids, server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Sample ``fraction_evaluate`` of the nodes and send each the global arrays."""
+        node_ids = self._sample(
+            server_round, grid, self.fraction_evaluate, self.min_evaluate_nodes
+        )
+        return self._instructions(keys.EVALUATE, node_ids, server_round, arrays, config, grid)
+
+    def min_replies(self, phase: str, num_sampled: int) -> int:
+        """``min_train_nodes`` / ``min_evaluate_nodes``, at most the number sampled, at least 1."""
+        minimum = self.min_train_nodes if phase == keys.TRAIN else self.min_evaluate_nodes
+        return max(1, min(minimum, num_sampled)) if num_sampled else 0
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Example-weighted mean of the replies' arrays and metrics, streamed."""
+        arrays = WeightedMeanAccumulator()
+        metrics = _MetricsCollector(self.weight_key, self.train_metrics_aggr_fn)
+        for reply in replies:
+            source = f"round {server_round}: the train reply of node {reply.metadata.src_node_id}"
+            reply_metrics = self._reply_metrics(reply, source)
+            weight = self._weight(reply_metrics, source)
+            reply_arrays = _get(reply, self.arrays_key, ArrayRecord, source)
+            arrays.add(reply_arrays, weight, source=source)
+            metrics.add(reply_metrics, weight)
+        if arrays.count == 0:
+            return None, None
+        return arrays.result(), metrics.result()
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted mean of the replies' metrics."""
+        metrics = _MetricsCollector(self.weight_key, self.evaluate_metrics_aggr_fn)
+        for reply in replies:
+            source = f"round {server_round}: the evaluate reply of node {reply.metadata.src_node_id}"
+            reply_metrics = self._reply_metrics(reply, source)
+            metrics.add(reply_metrics, self._weight(reply_metrics, source))
+        return metrics.result() if metrics.count else None
+
+    def _reply_metrics(self, reply: Message, source: str) -> MetricRecord:
+        return _get(reply, self.metrics_key, MetricRecord, source)
+
+    def _weight(self, metrics: MetricRecord, source: str) -> float:
+        weight = metrics.get(self.weight_key)
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise AggregationError(
+                f"{source} has no usable {self.weight_key!r} metric (got {weight!r}); "
+                f"return MetricRecord({{{self.weight_key!r}: len(train_data), ...}})"
+            )
+        return float(weight)
+
+
+def _get(reply: Message, key: str, kind: type, source: str):  # type: ignore[no-untyped-def]
+    try:
+        return reply.content.get_kind(key, kind)
+    except ConfigError as exc:
+        raise AggregationError(f"{source}: {exc}") from None
+
+
+class _MetricsCollector:
+    """Streams metrics through the weighted mean, or buffers them for a custom function."""
+
+    def __init__(self, weight_key: str, custom: MetricsAggregationFn | None) -> None:
+        self._custom = custom
+        self._buffered: list[tuple[MetricRecord, float]] = []
+        self._mean = MetricMeanAccumulator(sum_keys=(weight_key,))
+        self.count = 0
+
+    def add(self, metrics: MetricRecord, weight: float) -> None:
+        self.count += 1
+        if self._custom is not None:
+            self._buffered.append((metrics, weight))
+        else:
+            self._mean.add(metrics, weight)
+
+    def result(self) -> MetricRecord:
+        return self._custom(self._buffered) if self._custom is not None else self._mean.result()

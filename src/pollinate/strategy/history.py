@@ -1,0 +1,123 @@
+"""What a run records about each round, and who gets told.
+
+The round loop fills one :class:`RoundRecord` per round and hands it to a
+:class:`RunObserver` (the progress display, the history file writer, a test).
+Records are plain data, so ``history.json`` is ``json.dumps`` of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from pollinate.records import MetricValue
+
+__all__ = ["History", "NullObserver", "ObserverGroup", "PhaseSummary", "RoundRecord", "RunObserver"]
+
+
+@dataclass
+class PhaseSummary:
+    """One phase (train or evaluate) of one round."""
+
+    sampled: int = 0
+    replied: int = 0
+    failed: int = 0
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RoundRecord:
+    """Everything the loop knows about one round, after it finished."""
+
+    server_round: int
+    train: PhaseSummary | None = None
+    evaluate: PhaseSummary | None = None
+    centralized: dict[str, MetricValue] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class History:
+    """All rounds of a run, with the centralized evaluation of the initial model."""
+
+    initial_centralized: dict[str, MetricValue] = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for ``json.dumps``."""
+        return asdict(self)
+
+    def series(self, phase: str, metric: str) -> list[tuple[int, float]]:
+        """``(round, value)`` pairs of ``metric`` in ``phase`` (train, evaluate, centralized)."""
+        points: list[tuple[int, float]] = []
+        for record in self.rounds:
+            if phase == "centralized":
+                values: dict[str, MetricValue] = record.centralized
+            else:
+                summary = getattr(record, phase)
+                values = summary.metrics if summary is not None else {}
+            value = values.get(metric)
+            if isinstance(value, (int, float)):
+                points.append((record.server_round, float(value)))
+        return points
+
+
+class RunObserver(Protocol):
+    """Told about a run's progress by the round loop."""
+
+    def on_start(self, num_rounds: int, initial_centralized: dict[str, MetricValue]) -> None:
+        """The run begins; the initial model was evaluated (metrics may be empty)."""
+        ...
+
+    def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
+        """A phase of a round sent its instructions to ``num_sampled`` nodes."""
+        ...
+
+    def on_reply(self, server_round: int, phase: str, *, ok: bool) -> None:
+        """One reply (or failure) came in."""
+        ...
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """A round is complete."""
+        ...
+
+
+class NullObserver:
+    """Ignores everything."""
+
+    def on_start(self, num_rounds: int, initial_centralized: dict[str, MetricValue]) -> None:
+        pass
+
+    def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
+        pass
+
+    def on_reply(self, server_round: int, phase: str, *, ok: bool) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        pass
+
+
+class ObserverGroup:
+    """Tells each of several observers, in order."""
+
+    def __init__(self, *observers: RunObserver) -> None:
+        self.observers = observers
+
+    def on_start(self, num_rounds: int, initial_centralized: dict[str, MetricValue]) -> None:
+        for observer in self.observers:
+            observer.on_start(num_rounds, initial_centralized)
+
+    def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
+        for observer in self.observers:
+            observer.on_phase_start(server_round, phase, num_sampled)
+
+    def on_reply(self, server_round: int, phase: str, *, ok: bool) -> None:
+        for observer in self.observers:
+            observer.on_reply(server_round, phase, ok=ok)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        for observer in self.observers:
+            observer.on_round_end(record)
