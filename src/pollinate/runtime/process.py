@@ -1,0 +1,353 @@
+"""The process runtime: a pool of worker processes serving any number of virtual nodes.
+
+Design
+------
+- One worker per core by default. A virtual node is not a process: it is an id and a
+  state file, and exists in a worker only while that worker runs one of its messages.
+- Arrays never go through a pipe. The content of an instruction is written once per
+  broadcast as a frame (:mod:`pollinate.serde`) into a file of a private directory in
+  shared memory (``/dev/shm``); every worker maps that same file read-only and reads
+  its arrays in place. Replies come back the same way. Pipes carry only small JSON
+  control records (paths, ids, metadata).
+- Each worker runs one message at a time. A worker that dies (segfault, ``os._exit``,
+  out of memory) turns its message into an error reply and is replaced; the run goes
+  on. A message still running at its deadline is cancelled by replacing its worker.
+- Workers are forked, so they inherit the loaded ClientApp and start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from pollinate.client import ClientApp
+from pollinate.errors import ConfigError
+from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
+from pollinate.runtime.loading import load_object
+from pollinate.runtime.nodes import VirtualNodes
+from pollinate.serde import (
+    message_from_bytes,
+    message_to_segments,
+    recorddict_from_bytes,
+    recorddict_to_segments,
+)
+from pollinate.server.grid import Grid
+from pollinate.strategy.history import RunObserver
+from pollinate.testing.clock import Clock
+
+__all__ = ["ProcessGrid", "default_num_workers"]
+
+log = logging.getLogger("pollinate")
+
+
+def default_num_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _shared_memory_dir() -> Path:
+    base = Path("/dev/shm")
+    root = base if base.is_dir() and os.access(base, os.W_OK) else Path(tempfile.gettempdir())
+    path = root / f"pollinate-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _write_frame(path: Path, segments: Iterable[bytes | memoryview]) -> None:
+    with open(path, "wb") as file:
+        for segment in segments:
+            file.write(segment)
+
+
+def _map_frame(path: str | Path) -> mmap.mmap:
+    """Map a frame file read-only; the mapping outlives the file's name."""
+    with open(path, "rb") as file:
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+@dataclass
+class _Task:
+    message_id: str
+    metadata: Metadata
+    content_path: str
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    task: _Task | None = None
+
+
+class ProcessGrid(Grid):
+    """A Grid whose virtual nodes run in a pool of worker processes.
+
+    Parameters
+    ----------
+    client_app:
+        The nodes' app, or its ``"module:attribute"`` reference.
+    nodes:
+        The virtual federation.
+    num_workers:
+        Worker processes (default: one per core).
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp | str,
+        nodes: VirtualNodes,
+        *,
+        num_workers: int | None = None,
+        observer: RunObserver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(run_id=nodes.run_id, observer=observer, clock=clock)
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigError(
+                "the process runtime needs the 'fork' start method, which this platform "
+                "lacks; use --runtime inline"
+            )
+        workers = num_workers if num_workers is not None else default_num_workers()
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        self._app = client_app
+        self._nodes = nodes
+        self._dir = _shared_memory_dir()
+        self._context = multiprocessing.get_context("fork")
+        self._counter = itertools.count()
+        self._queue: deque[_Task] = deque()
+        self._done: dict[str, Message] = {}
+        self._content_refs: dict[str, int] = {}
+        self._states: dict[int, str] = {}
+        self._closed = False
+        self._workers: list[_Worker] = []
+        try:
+            self._workers = [self._start_worker(i) for i in range(workers)]
+        except BaseException:
+            self.close()
+            raise
+
+    # -- Grid primitives --------------------------------------------------------------
+    def nodes(self) -> list[int]:
+        return self._nodes.node_ids
+
+    def send(self, messages: Iterable[Message]) -> list[str]:
+        batch = list(messages)
+        for message in batch:
+            self._nodes.check(message.metadata.dst_node_id)
+        written: dict[int, str] = {}
+        ids = []
+        for message in batch:
+            content = message.content
+            path = written.get(id(content))
+            if path is None:
+                path = written[id(content)] = str(self._new_path("content"))
+                _write_frame(Path(path), recorddict_to_segments(content))
+            self._content_refs[path] = self._content_refs.get(path, 0) + 1
+            self._queue.append(_Task(message.metadata.message_id, message.metadata, path))
+            ids.append(message.metadata.message_id)
+        self._dispatch()
+        return ids
+
+    def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
+        wanted = set(message_ids)
+        deadline = self.clock.now() + timeout
+        while wanted:
+            for message_id in [m for m in wanted if m in self._done]:
+                wanted.discard(message_id)
+                yield self._done.pop(message_id)
+            if not wanted:
+                return
+            self._dispatch()
+            busy = [w for w in self._workers if w.task is not None]
+            remaining = deadline - self.clock.now()
+            if not busy or remaining <= 0:
+                break
+            waitables: list[Any] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+            ready = multiprocessing.connection.wait(waitables, timeout=remaining)
+            for worker in busy:
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    self._collect(worker)
+        self._cancel(wanted)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send_bytes(b"")
+        for worker in self._workers:
+            worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=2)
+            worker.conn.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # -- scheduling -------------------------------------------------------------------
+    def _new_path(self, kind: str) -> Path:
+        return self._dir / f"p{next(self._counter)}-{kind}"
+
+    def _start_worker(self, index: int) -> _Worker:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_conn, self._app, self._nodes, str(self._dir), index),
+            name=f"pollinate-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Worker(index, process, parent_conn)
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if worker.task is not None:
+                continue
+            if not self._queue:
+                return
+            task = self._queue.popleft()
+            state = self._states.get(task.metadata.dst_node_id)
+            record = {"metadata": asdict(task.metadata), "content": task.content_path,
+                      "state": state}
+            worker.task = task
+            try:
+                worker.conn.send_bytes(json.dumps(record).encode())
+            except OSError:
+                self._collect(worker)
+
+    def _collect(self, worker: _Worker) -> None:
+        """Take a worker's answer, or notice that it died and replace it."""
+        task = worker.task
+        assert task is not None
+        try:
+            answer = json.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            worker.process.join(timeout=5)
+            code = worker.process.exitcode
+            log.warning("worker %d died (exit code %s) while running node %d; replacing it",
+                        worker.index, code, task.metadata.dst_node_id)
+            self._finish(task, _reply_error(task, ErrorCode.WORKER_CRASHED,
+                                            f"the worker running this node died (exit code {code})"))
+            self._replace(worker)
+            return
+        worker.task = None
+        reply_path = answer["reply"]
+        reply = message_from_bytes(_map_frame(reply_path))
+        os.unlink(reply_path)
+        if answer.get("state_changed"):
+            node_id = task.metadata.dst_node_id
+            old = self._states.pop(node_id, None)
+            if answer["state"]:
+                self._states[node_id] = answer["state"]
+            if old and old != answer["state"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+        self._finish(task, reply)
+
+    def _finish(self, task: _Task, reply: Message) -> None:
+        self._release(task.content_path)
+        self._done[task.message_id] = reply
+
+    def _release(self, content_path: str) -> None:
+        left = self._content_refs[content_path] - 1
+        if left:
+            self._content_refs[content_path] = left
+        else:
+            del self._content_refs[content_path]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(content_path)
+
+    def _replace(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=5)
+        worker.conn.close()
+        self._workers[worker.index] = self._start_worker(worker.index)
+
+    def _cancel(self, message_ids: set[str]) -> None:
+        """Drop unstarted tasks and stop running ones (by replacing their workers)."""
+        if not message_ids:
+            return
+        kept: deque[_Task] = deque()
+        for task in self._queue:
+            if task.message_id in message_ids:
+                self._release(task.content_path)
+            else:
+                kept.append(task)
+        self._queue = kept
+        for worker in list(self._workers):
+            if worker.task is not None and worker.task.message_id in message_ids:
+                log.warning("node %d missed its deadline; stopping its worker",
+                            worker.task.metadata.dst_node_id)
+                self._release(worker.task.content_path)
+                self._replace(worker)
+
+
+def _reply_error(task: _Task, code: ErrorCode, reason: str) -> Message:
+    request = Message.from_parts(task.metadata, RecordDict(), None)
+    return request.reply(error=Error(code, reason))
+
+
+# -- the worker side ---------------------------------------------------------------------
+def _worker_main(
+    conn: Connection, app: ClientApp | str, nodes: VirtualNodes, directory: str, index: int
+) -> None:
+    """Serve tasks until the parent closes the pipe or sends an empty record."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    client_app = app if isinstance(app, ClientApp) else load_object(app, ClientApp)
+    prefix = Path(directory) / f"w{index}-{os.getpid()}-"
+    counter = itertools.count()
+    cached_path, cached_content = "", RecordDict()
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        record = json.loads(data)
+        metadata = Metadata(**record["metadata"])
+        if record["content"] != cached_path:
+            cached_content = recorddict_from_bytes(_map_frame(record["content"]))
+            cached_path = record["content"]
+        message = Message.from_parts(metadata, cached_content, None)
+        state_path = record["state"]
+        state = recorddict_from_bytes(_map_frame(state_path)) if state_path else RecordDict()
+        context = nodes.context(metadata.dst_node_id, state)
+        if time.time() > metadata.created_at + metadata.ttl:
+            reply = message.reply(error=Error(ErrorCode.TIMEOUT, "instruction expired (ttl)"))
+        else:
+            reply = client_app(message, context)
+        reply_path = f"{prefix}{next(counter)}-reply"
+        _write_frame(Path(reply_path), message_to_segments(reply))
+        answer: dict[str, Any] = {"reply": reply_path, "state_changed": False}
+        if len(context.state) or state_path:
+            new_state = f"{prefix}{next(counter)}-state" if len(context.state) else None
+            if new_state:
+                _write_frame(Path(new_state), recorddict_to_segments(context.state))
+            answer.update(state_changed=True, state=new_state)
+        conn.send_bytes(json.dumps(answer).encode())
