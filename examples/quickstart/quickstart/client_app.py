@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from pollinate import ClientApp, Context, Message, MetricRecord, RecordDict
-
 from quickstart.task import evaluate, load_data, train
 
 app = ClientApp()
 
 
-def _partition(context: Context):  # noqa: ANN202
+def _partition(context: Context):
     data = load_data(
         int(context.node_config["num-partitions"]),
         float(context.run_config["dirichlet-alpha"]),
@@ -29,7 +28,9 @@ def train_handler(msg: Message, context: Context) -> Message:
         [int(context.run_config["seed"]), context.node_id, int(config["server-round"])]
     )
     model, loss = train(
-        msg.content["arrays"], part.x_train, part.y_train,
+        msg.content["arrays"],
+        part.x_train,
+        part.y_train,
         epochs=int(context.run_config["local-epochs"]),
         batch_size=int(context.run_config["batch-size"]),
         lr=float(context.run_config["learning-rate"]),
@@ -45,4 +46,3 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     loss, accuracy = evaluate(msg.content["arrays"], part.x_test, part.y_test)
     metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(part.x_test)})
     return msg.reply(RecordDict({"metrics": metrics}))
-

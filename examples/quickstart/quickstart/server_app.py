@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from pollinate import ArrayRecord, Context, FedAvg, Grid, MetricRecord, ServerApp
-
 from quickstart.task import evaluate, init_model, load_data
 
 app = ServerApp()
 
 
 @app.main()
-def main(grid: Grid, context: Context):  # noqa: ANN201
+def main(grid: Grid, context: Context):
     config = context.run_config
     seed = int(config["seed"])
     x_test, y_test = load_data(

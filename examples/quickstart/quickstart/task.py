@@ -27,14 +27,18 @@ def load_data(num_partitions: int, alpha: float, seed: int) -> FederatedDataset:
 def init_model(hidden_units: int, seed: int) -> ArrayRecord:
     """He-initialized weights, zero biases."""
     rng = np.random.default_rng(seed)
-    return ArrayRecord({
-        "w1": (rng.standard_normal((NUM_FEATURES, hidden_units)) * np.sqrt(2 / NUM_FEATURES))
-        .astype(np.float32),
-        "b1": np.zeros(hidden_units, np.float32),
-        "w2": (rng.standard_normal((hidden_units, NUM_CLASSES)) * np.sqrt(2 / hidden_units))
-        .astype(np.float32),
-        "b2": np.zeros(NUM_CLASSES, np.float32),
-    })
+    return ArrayRecord(
+        {
+            "w1": (
+                rng.standard_normal((NUM_FEATURES, hidden_units)) * np.sqrt(2 / NUM_FEATURES)
+            ).astype(np.float32),
+            "b1": np.zeros(hidden_units, np.float32),
+            "w2": (
+                rng.standard_normal((hidden_units, NUM_CLASSES)) * np.sqrt(2 / hidden_units)
+            ).astype(np.float32),
+            "b2": np.zeros(NUM_CLASSES, np.float32),
+        }
+    )
 
 
 def _forward(p: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +51,14 @@ def _forward(p: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def train(
-    model: ArrayRecord, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-    lr: float, rng: np.random.Generator,
+    model: ArrayRecord,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
 ) -> tuple[ArrayRecord, float]:
     """Mini-batch SGD on cross-entropy; returns new weights and the mean training loss."""
     p = {name: array.copy() for name, array in model.items()}  # never update the input
@@ -56,7 +66,7 @@ def train(
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             xb, yb = x[batch], y[batch]
             hidden, probs = _forward(p, xb)
             losses.append(float(-np.log(probs[np.arange(len(yb)), yb] + 1e-12).mean()))

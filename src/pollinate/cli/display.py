@@ -29,8 +29,12 @@ class ProgressDisplay:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self._progress = Progress(
-            TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=self.console,
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
         )
         self._task = self._progress.add_task("run", total=0, status="starting")
         self._last = Text("")
@@ -44,8 +48,12 @@ class ProgressDisplay:
         if initial_centralized:
             self._print_line(f"initial model: {_metrics_text(initial_centralized)}")
         if self.console.is_terminal:
-            self._live = Live(Group(self._progress, self._last), console=self.console,
-                              refresh_per_second=8, transient=False)
+            self._live = Live(
+                Group(self._progress, self._last),
+                console=self.console,
+                refresh_per_second=8,
+                transient=False,
+            )
             self._live.start()
 
     def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
@@ -75,8 +83,9 @@ class ProgressDisplay:
             self._live = None
 
     def _update_status(self) -> None:
-        status = (f"{self._phase}: {self._replied}/{self._sampled} replied"
-                  + (f", [red]{self._failed} failed[/red]" if self._failed else ""))
+        status = f"{self._phase}: {self._replied}/{self._sampled} replied" + (
+            f", [red]{self._failed} failed[/red]" if self._failed else ""
+        )
         self._progress.update(self._task, status=status)
 
     def _print_line(self, line: str) -> None:
@@ -91,8 +100,9 @@ def _round_text(record: RoundRecord) -> str:
     parts = [f"round {record.server_round}"]
     if record.train is not None:
         t = record.train
-        parts.append(f"train {t.replied}/{t.sampled} replied"
-                     + (f" ({t.failed} failed)" if t.failed else ""))
+        parts.append(
+            f"train {t.replied}/{t.sampled} replied" + (f" ({t.failed} failed)" if t.failed else "")
+        )
         loss = t.metrics.get("train-loss", t.metrics.get("loss"))
         if loss is not None:
             parts.append(f"train loss {_fmt(loss)}")
@@ -107,8 +117,17 @@ def _round_text(record: RoundRecord) -> str:
 def summary_table(history: History) -> Table:
     """One row per round: replies, failures, train loss, federated and centralized metrics."""
     table = Table(title="Run summary", title_justify="left")
-    for header in ("round", "replied", "failed", "train loss", "eval loss", "eval acc",
-                   "test loss", "test acc", "seconds"):
+    for header in (
+        "round",
+        "replied",
+        "failed",
+        "train loss",
+        "eval loss",
+        "eval acc",
+        "test loss",
+        "test acc",
+        "seconds",
+    ):
         table.add_column(header, justify="right")
     for record in history.rounds:
         train = record.train

@@ -30,7 +30,7 @@ def write_project(name: str, directory: Path, *, template: str = "numpy") -> Pat
         raise ConfigError(f"{target} already exists; choose another name or remove it")
     package = name.replace("-", "_").lower()
     source = resources.files("pollinate.cli") / "templates" / template
-    _copy(source, target, {"__project__": name, "__package__": package})
+    _copy(source, target, {"{{project}}": name, "{{package}}": package})
     return target
 
 
@@ -56,8 +56,13 @@ def _copy(source: resources.abc.Traversable, target: Path, names: dict[str, str]
 @click.command()
 @click.argument("name")
 @click.option("--template", type=click.Choice(TEMPLATES), default="numpy", show_default=True)
-@click.option("--directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Where to create the project.")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the project.",
+)
 def new(name: str, template: str, directory: Path) -> None:
     """Create a runnable Pollinate project NAME from a bundled template."""
     target = write_project(name, directory, template=template)

@@ -58,7 +58,7 @@ def load_project(path: str | Path) -> Project:
         value = section.get(key)
         if not isinstance(value, str) or ":" not in value:
             raise ConfigError(
-                f"{manifest}: [tool.pollinate] needs {key} = \"module:attribute\", got {value!r}"
+                f'{manifest}: [tool.pollinate] needs {key} = "module:attribute", got {value!r}'
             )
         refs[key] = value
     config = section.get("config", {})
@@ -67,9 +67,7 @@ def load_project(path: str | Path) -> Project:
         raise ConfigError(f"{manifest}: [tool.pollinate.config] and .simulation must be tables")
     for key, value in config.items():
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(
-                f"{manifest}: config {key!r} must be a bool, int, float or string"
-            )
+            raise ConfigError(f"{manifest}: config {key!r} must be a bool, int, float or string")
     name = data.get("project", {}).get("name", root.name)
     return Project(
         root=root,
@@ -105,7 +103,9 @@ def parse_value(key: str, text: str, default: ConfigValue) -> ConfigValue:
     return text
 
 
-def apply_overrides(defaults: Mapping[str, ConfigValue], items: Iterable[str]) -> dict[str, ConfigValue]:
+def apply_overrides(
+    defaults: Mapping[str, ConfigValue], items: Iterable[str]
+) -> dict[str, ConfigValue]:
     """Defaults updated by ``key=value`` items, each parsed as its default's type."""
     config = dict(defaults)
     for item in items:

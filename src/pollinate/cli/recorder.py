@@ -65,7 +65,9 @@ class RunRecorder:
             "timings": {
                 "total_seconds": elapsed,
                 "first_round_seconds": self._first_round,
-                "mean_round_seconds": (sum(r.seconds for r in rounds) / len(rounds)) if rounds else None,
+                "mean_round_seconds": (sum(r.seconds for r in rounds) / len(rounds))
+                if rounds
+                else None,
             },
             **self.history.to_dict(),
         }

@@ -29,19 +29,46 @@ def _new_run_id() -> int:
 
 @click.command()
 @click.argument("app", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--nodes", "num_nodes", type=click.IntRange(min=1), default=None,
-              help="Number of virtual nodes [default: the app's num-nodes, else 10].")
-@click.option("--rounds", type=click.IntRange(min=0), default=None,
-              help="Number of rounds (sets num-server-rounds).")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
-              help="inline: one process, deterministic; process: a worker pool.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the process runtime [default: one per core].")
+@click.option(
+    "--nodes",
+    "num_nodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of virtual nodes [default: the app's num-nodes, else 10].",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Number of rounds (sets num-server-rounds).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=None,
+    help="inline: one process, deterministic; process: a worker pool.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the process runtime [default: one per core].",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the run (sets config seed).")
-@click.option("--config", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config default of the app; repeatable.")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs"), show_default=True, help="Where run records are written.")
+@click.option(
+    "--config",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config default of the app; repeatable.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where run records are written.",
+)
 def simulate(
     app: Path,
     num_nodes: int | None,
@@ -62,7 +89,9 @@ def simulate(
     nodes = num_nodes or int(project.simulation.get("num-nodes", 10))
     chosen = runtime or str(project.simulation.get("runtime", "inline"))
     if chosen not in RUNTIMES:
-        raise ConfigError(f"[tool.pollinate.simulation] runtime {chosen!r} is not one of {RUNTIMES}")
+        raise ConfigError(
+            f"[tool.pollinate.simulation] runtime {chosen!r} is not one of {RUNTIMES}"
+        )
 
     project.add_to_path()
     server_app = load_object(project.server_app, ServerApp)
@@ -70,22 +99,38 @@ def simulate(
 
     run_id = _new_run_id()
     run_dir = runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id:012x}"
-    recorder = RunRecorder(run_dir, header={
-        "run_id": f"{run_id:012x}", "app": project.name, "app_dir": str(project.root),
-        "runtime": chosen, "num_nodes": nodes, "seed": run_config.get("seed"),
-        "config": run_config, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    recorder = RunRecorder(
+        run_dir,
+        header={
+            "run_id": f"{run_id:012x}",
+            "app": project.name,
+            "app_dir": str(project.root),
+            "runtime": chosen,
+            "num_nodes": nodes,
+            "seed": run_config.get("seed"),
+            "config": run_config,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     console = Console(stderr=True)
     display = ProgressDisplay(console)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console.print(f"[bold]Pollinate[/bold] simulating [cyan]{project.name}[/cyan] on {nodes} "
-                  f"virtual nodes ({chosen} runtime), run {run_id:012x}", highlight=False)
+    console.print(
+        f"[bold]Pollinate[/bold] simulating [cyan]{project.name}[/cyan] on {nodes} "
+        f"virtual nodes ({chosen} runtime), run {run_id:012x}",
+        highlight=False,
+    )
     status, error = "failed", None
     try:
         run_simulation(
-            server_app, project.client_app if chosen == "process" else client_app,
-            num_nodes=nodes, run_config=run_config, runtime=chosen,  # type: ignore[arg-type]
-            num_workers=workers, observer=ObserverGroup(display, recorder), run_id=run_id,
+            server_app,
+            client_app,
+            num_nodes=nodes,
+            run_config=run_config,
+            runtime=chosen,
+            num_workers=workers,
+            observer=ObserverGroup(display, recorder),
+            run_id=run_id,
         )
         status = "completed"
     except BaseException as exc:
@@ -95,7 +140,6 @@ def simulate(
         display.stop()
         recorder.finish(status, error)
     console.print(summary_table(recorder.history))
-    console.print(f"Run record: {recorder.history_path} and {run_dir / 'metrics.png'}",
-                  highlight=False)
-
-
+    console.print(
+        f"Run record: {recorder.history_path} and {run_dir / 'metrics.png'}", highlight=False
+    )

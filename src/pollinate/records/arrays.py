@@ -125,7 +125,9 @@ class ArrayRecord(MutableMapping[str, NDArray[Any]]):
         if not isinstance(other, ArrayRecord):
             return NotImplemented
         return list(self._data) == list(other._data) and all(
-            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
             for a, b in zip(self._data.values(), other._data.values(), strict=True)
         )
 

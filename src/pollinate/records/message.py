@@ -122,9 +122,7 @@ class Message:
         run_id: int = 0,
     ) -> None:
         if not isinstance(content, RecordDict):
-            raise ConfigError(
-                f"message content must be a RecordDict, got {type(content).__name__}"
-            )
+            raise ConfigError(f"message content must be a RecordDict, got {type(content).__name__}")
         _check_message_type(message_type)
         if ttl <= 0:
             raise ConfigError(f"ttl must be positive seconds, got {ttl}")

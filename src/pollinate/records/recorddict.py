@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TypeAlias, TypeVar, Union
+from typing import TypeAlias, TypeVar
 
 from pollinate.errors import ConfigError
 from pollinate.records.arrays import ArrayRecord
@@ -11,7 +11,7 @@ from pollinate.records.scalars import ConfigRecord, MetricRecord
 
 __all__ = ["Record", "RecordDict"]
 
-Record: TypeAlias = Union[ArrayRecord, MetricRecord, ConfigRecord]
+Record: TypeAlias = ArrayRecord | MetricRecord | ConfigRecord
 _R = TypeVar("_R", ArrayRecord, MetricRecord, ConfigRecord)
 
 

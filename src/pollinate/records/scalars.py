@@ -8,7 +8,7 @@ in any language.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -16,11 +16,11 @@ from pollinate.errors import ConfigError
 
 __all__ = ["ConfigRecord", "ConfigValue", "MetricRecord", "MetricValue", "Scalar"]
 
-Scalar: TypeAlias = Union[bool, int, float, str, bytes]
-MetricValue: TypeAlias = Union[int, float, list[int], list[float]]
-ConfigValue: TypeAlias = Union[
-    bool, int, float, str, bytes, list[bool], list[int], list[float], list[str], list[bytes]
-]
+Scalar: TypeAlias = bool | int | float | str | bytes
+MetricValue: TypeAlias = int | float | list[int] | list[float]
+ConfigValue: TypeAlias = (
+    bool | int | float | str | bytes | list[bool] | list[int] | list[float] | list[str] | list[bytes]
+)
 
 
 def _plain_number(value: Any) -> int | float | None:
@@ -53,12 +53,12 @@ def normalize_metric(key: str, value: Any) -> MetricValue:
     if isinstance(value, np.ndarray) and value.ndim == 1:
         value = value.tolist()
     if isinstance(value, (list, tuple)):
-        items = [_plain_number(v) for v in value]
-        if all(v is not None for v in items):
-            kinds = {type(v) for v in items}
-            if len(kinds) <= 1:
-                return list(items)  # type: ignore[arg-type]
-            return [float(v) for v in items]  # type: ignore[arg-type]
+        maybe = [_plain_number(v) for v in value]
+        numbers = [v for v in maybe if v is not None]
+        if len(numbers) == len(maybe):
+            if all(isinstance(v, int) for v in numbers):
+                return [int(v) for v in numbers]
+            return [float(v) for v in numbers]
     raise ConfigError(
         f"metric {key!r} is {value!r} ({type(value).__name__}); metrics are int, float, "
         "or a list of them"
@@ -120,7 +120,7 @@ class _ScalarRecord(MutableMapping[str, Any]):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._data == other._data  # type: ignore[attr-defined, no-any-return]
+        return self._data == other._data
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -131,7 +131,7 @@ class _ScalarRecord(MutableMapping[str, Any]):
         return type(self)({k: list(v) if isinstance(v, list) else v for k, v in self._data.items()})
 
 
-class MetricRecord(_ScalarRecord, MutableMapping[str, MetricValue]):  # type: ignore[misc]
+class MetricRecord(_ScalarRecord, MutableMapping[str, MetricValue]):
     """Named metrics: ``int``, ``float``, or lists of them.
 
     Examples
@@ -150,7 +150,7 @@ class MetricRecord(_ScalarRecord, MutableMapping[str, MetricValue]):  # type: ig
         return MetricRecord(self._data)
 
 
-class ConfigRecord(_ScalarRecord, MutableMapping[str, ConfigValue]):  # type: ignore[misc]
+class ConfigRecord(_ScalarRecord, MutableMapping[str, ConfigValue]):
     """Named configuration values: bool, int, float, str, bytes, or a list of one of them.
 
     Examples

@@ -93,4 +93,3 @@ class InlineGrid(Grid):
 
     def close(self) -> None:
         self._pending.clear()
-

@@ -16,9 +16,7 @@ def load_object(reference: str, kind: type[_T]) -> _T:
     """Import ``module:attribute`` and check it is a ``kind``; ConfigError otherwise."""
     module_name, sep, attribute = reference.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigError(
-            f"app reference {reference!r} must look like 'package.module:attribute'"
-        )
+        raise ConfigError(f"app reference {reference!r} must look like 'package.module:attribute'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -28,7 +26,5 @@ def load_object(reference: str, kind: type[_T]) -> _T:
     except AttributeError:
         raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(value, kind):
-        raise ConfigError(
-            f"{reference!r} is a {type(value).__name__}, not a {kind.__name__}"
-        )
+        raise ConfigError(f"{reference!r} is a {type(value).__name__}, not a {kind.__name__}")
     return value

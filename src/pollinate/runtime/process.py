@@ -80,10 +80,10 @@ def _write_frame(path: Path, segments: Iterable[bytes | memoryview]) -> None:
             file.write(segment)
 
 
-def _map_frame(path: str | Path) -> mmap.mmap:
+def _map_frame(path: str | Path) -> memoryview:
     """Map a frame file read-only; the mapping outlives the file's name."""
     with open(path, "rb") as file:
-        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 @dataclass
@@ -231,8 +231,11 @@ class ProcessGrid(Grid):
                 return
             task = self._queue.popleft()
             state = self._states.get(task.metadata.dst_node_id)
-            record = {"metadata": asdict(task.metadata), "content": task.content_path,
-                      "state": state}
+            record = {
+                "metadata": asdict(task.metadata),
+                "content": task.content_path,
+                "state": state,
+            }
             worker.task = task
             try:
                 worker.conn.send_bytes(json.dumps(record).encode())
@@ -248,10 +251,20 @@ class ProcessGrid(Grid):
         except (EOFError, OSError):
             worker.process.join(timeout=5)
             code = worker.process.exitcode
-            log.warning("worker %d died (exit code %s) while running node %d; replacing it",
-                        worker.index, code, task.metadata.dst_node_id)
-            self._finish(task, _reply_error(task, ErrorCode.WORKER_CRASHED,
-                                            f"the worker running this node died (exit code {code})"))
+            log.warning(
+                "worker %d died (exit code %s) while running node %d; replacing it",
+                worker.index,
+                code,
+                task.metadata.dst_node_id,
+            )
+            self._finish(
+                task,
+                _reply_error(
+                    task,
+                    ErrorCode.WORKER_CRASHED,
+                    f"the worker running this node died (exit code {code})",
+                ),
+            )
             self._replace(worker)
             return
         worker.task = None
@@ -301,8 +314,10 @@ class ProcessGrid(Grid):
         self._queue = kept
         for worker in list(self._workers):
             if worker.task is not None and worker.task.message_id in message_ids:
-                log.warning("node %d missed its deadline; stopping its worker",
-                            worker.task.metadata.dst_node_id)
+                log.warning(
+                    "node %d missed its deadline; stopping its worker",
+                    worker.task.metadata.dst_node_id,
+                )
                 self._release(worker.task.content_path)
                 self._replace(worker)
 

@@ -76,7 +76,10 @@ def run_simulation(
 
         grid = ProcessGrid(client_app, nodes, num_workers=num_workers, observer=observer)
     context = Context(
-        run_id=nodes.run_id, node_id=0, node_config={}, run_config=dict(nodes.run_config),
+        run_id=nodes.run_id,
+        node_id=0,
+        node_config={},
+        run_config=dict(nodes.run_config),
         state=RecordDict(),
     )
     with grid:

@@ -52,7 +52,5 @@ class ServerApp:
     def __call__(self, grid: Grid, context: Context) -> Any:
         """Run the app's main function against ``grid``."""
         if self._main is None:
-            raise ConfigError(
-                "this ServerApp has no main function; decorate one with @app.main()"
-            )
+            raise ConfigError("this ServerApp has no main function; decorate one with @app.main()")
         return self._main(grid, context)

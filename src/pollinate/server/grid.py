@@ -93,8 +93,7 @@ class Grid(ABC):
                 yield waiting.pop(next_index)
                 next_index += 1
         for index in range(next_index, len(requests)):
-            reply = waiting.pop(index, None)
-            yield reply if reply is not None else _timeout_reply(requests[index], timeout)
+            yield waiting.pop(index) if index in waiting else _timeout_reply(requests[index], timeout)
 
     def wait_for_nodes(self, min_nodes: int, *, timeout: float) -> list[int]:
         """Block until at least ``min_nodes`` nodes are connected; return their ids.
@@ -127,6 +126,8 @@ class Grid(ABC):
 
 def _timeout_reply(request: Message, timeout: float) -> Message:
     return request.reply(
-        error=Error(ErrorCode.TIMEOUT, f"no reply from node {request.metadata.dst_node_id} "
-                    f"within {timeout:g} s")
+        error=Error(
+            ErrorCode.TIMEOUT,
+            f"no reply from node {request.metadata.dst_node_id} within {timeout:g} s",
+        )
     )

@@ -161,7 +161,9 @@ class Strategy(ABC):
                 else:
                     log.warning(
                         "round %d: only %d of %d nodes answered evaluate; no metrics this round",
-                        server_round, summary.replied, summary.sampled,
+                        server_round,
+                        summary.replied,
+                        summary.sampled,
                     )
                 summary.seconds = time.perf_counter() - phase_started
                 record.evaluate = summary

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from pollinate.server.grid import Grid
 
 __all__ = ["FedAvg", "MetricsAggregationFn"]
+
+_R = TypeVar("_R", ArrayRecord, MetricRecord)
 
 #: Combines ``(metrics, weight)`` pairs of one phase into the round's metrics.
 MetricsAggregationFn: TypeAlias = Callable[[list[tuple[MetricRecord, float]]], MetricRecord]
@@ -77,13 +79,17 @@ class FedAvg(Strategy):
         sampler: Sampler | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        for name, value in (("fraction_train", fraction_train),
-                            ("fraction_evaluate", fraction_evaluate)):
+        for name, value in (
+            ("fraction_train", fraction_train),
+            ("fraction_evaluate", fraction_evaluate),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be within [0, 1], got {value}")
-        for name, count in (("min_train_nodes", min_train_nodes),
-                            ("min_evaluate_nodes", min_evaluate_nodes),
-                            ("min_available_nodes", min_available_nodes)):
+        for name, count in (
+            ("min_train_nodes", min_train_nodes),
+            ("min_evaluate_nodes", min_evaluate_nodes),
+            ("min_available_nodes", min_available_nodes),
+        ):
             if not isinstance(count, int) or count < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {count!r}")
         if wait_timeout <= 0:
@@ -114,8 +120,9 @@ class FedAvg(Strategy):
     def _sample(self, server_round: int, grid: Grid, fraction: float, minimum: int) -> list[int]:
         if fraction == 0.0:
             return []
-        nodes = grid.wait_for_nodes(max(self.min_available_nodes, minimum),
-                                    timeout=self.wait_timeout)
+        nodes = grid.wait_for_nodes(
+            max(self.min_available_nodes, minimum), timeout=self.wait_timeout
+        )
         wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum, 1))
         return self.sampler.sample(nodes, wanted, server_round=server_round, rng=self.rng)
 
@@ -131,8 +138,13 @@ class FedAvg(Strategy):
         # One content object shared by all instructions: runtimes serialize it once.
         content = RecordDict({self.arrays_key: arrays, self.config_key: config})
         return [
-            Message(content, dst_node_id=node_id, message_type=message_type,
-                    group_id=str(server_round), run_id=grid.run_id)
+            Message(
+                content,
+                dst_node_id=node_id,
+                message_type=message_type,
+                group_id=str(server_round),
+                run_id=grid.run_id,
+            )
             for node_id in node_ids
         ]
 
@@ -148,9 +160,7 @@ class FedAvg(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         """Sample ``fraction_evaluate`` of the nodes and send each the global arrays."""
-        node_ids = self._sample(
-            server_round, grid, self.fraction_evaluate, self.min_evaluate_nodes
-        )
+        node_ids = self._sample(server_round, grid, self.fraction_evaluate, self.min_evaluate_nodes)
         return self._instructions(keys.EVALUATE, node_ids, server_round, arrays, config, grid)
 
     def min_replies(self, phase: str, num_sampled: int) -> int:
@@ -181,7 +191,9 @@ class FedAvg(Strategy):
         """Example-weighted mean of the replies' metrics."""
         metrics = _MetricsCollector(self.weight_key, self.evaluate_metrics_aggr_fn)
         for reply in replies:
-            source = f"round {server_round}: the evaluate reply of node {reply.metadata.src_node_id}"
+            source = (
+                f"round {server_round}: the evaluate reply of node {reply.metadata.src_node_id}"
+            )
             reply_metrics = self._reply_metrics(reply, source)
             metrics.add(reply_metrics, self._weight(reply_metrics, source))
         return metrics.result() if metrics.count else None
@@ -199,7 +211,7 @@ class FedAvg(Strategy):
         return float(weight)
 
 
-def _get(reply: Message, key: str, kind: type, source: str):  # type: ignore[no-untyped-def]
+def _get(reply: Message, key: str, kind: type[_R], source: str) -> _R:
     try:
         return reply.content.get_kind(key, kind)
     except ConfigError as exc:
