@@ -197,7 +197,16 @@ class Strategy(ABC):
             text = f"node {reply.metadata.src_node_id}: {error.reason}"
             if len(summary.errors) < _MAX_ERRORS_KEPT:
                 summary.errors.append(text)
-            log.warning("round %d %s: %s", server_round, phase, text)
+            log.debug("round %d %s: %s", server_round, phase, text)
+        if summary.failed:
+            log.warning(
+                "round %d %s: %d of %d nodes failed; first: %s",
+                server_round,
+                phase,
+                summary.failed,
+                summary.sampled,
+                summary.errors[0],
+            )
 
     def _check_enough(self, server_round: int, phase: str, summary: PhaseSummary) -> None:
         needed = self.min_replies(phase, summary.sampled)
