@@ -47,8 +47,9 @@ def _chaos(message: Message, context: Context) -> Message:
     if context.node_id == 3:
         time.sleep(60)  # misses any reasonable deadline
     arrays = message.content[keys.ARRAYS]
-    return message.reply(RecordDict({keys.ARRAYS: arrays,
-                                     keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})}))
+    return message.reply(
+        RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})})
+    )
 
 
 def test_process_runtime_replaces_a_crashed_worker_and_cancels_a_late_node() -> None:
@@ -68,7 +69,8 @@ def test_process_runtime_arrays_cross_in_shared_memory() -> None:
     content = RecordDict({keys.ARRAYS: ArrayRecord({"w": np.arange(1000, dtype=np.float32)})})
     with _grid("process", echo_app) as grid:
         (reply,) = grid.send_and_receive(
-            [Message(content, dst_node_id=1, message_type=keys.TRAIN)], timeout=10)
+            [Message(content, dst_node_id=1, message_type=keys.TRAIN)], timeout=10
+        )
         array = reply.content[keys.ARRAYS]["w"]
         base: Any = array
         while getattr(base, "base", None) is not None:
@@ -89,8 +91,14 @@ def _count(message: Message, context: Context) -> Message:
     context.state["calls"] = MetricRecord({"n": calls})
     context.state["history"] = ArrayRecord({"seen": np.full(calls, context.node_id)})
     arrays = message.content[keys.ARRAYS]
-    return message.reply(RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(
-        {keys.NUM_EXAMPLES: 1, "calls": calls})}))
+    return message.reply(
+        RecordDict(
+            {
+                keys.ARRAYS: arrays,
+                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1, "calls": calls}),
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -98,7 +106,9 @@ def test_node_state_persists_across_rounds(runtime: str) -> None:
     content = RecordDict({keys.ARRAYS: ArrayRecord({"w": np.ones(1)})})
     with _grid(runtime, counting_app) as grid:
         for expected in (1, 2, 3):
-            messages = [Message(content, dst_node_id=n, message_type=keys.TRAIN) for n in (1, 2, 3, 4)]
+            messages = [
+                Message(content, dst_node_id=n, message_type=keys.TRAIN) for n in (1, 2, 3, 4)
+            ]
             replies = list(grid.send_and_receive(messages, timeout=10))
             assert [r.content[keys.METRICS]["calls"] for r in replies] == [expected] * 4
 
@@ -116,7 +126,8 @@ def test_nodes_cannot_modify_the_global_model_in_place(runtime: str) -> None:
     content = RecordDict({keys.ARRAYS: ArrayRecord({"w": global_model})})
     with _grid(runtime, app) as grid:
         (reply,) = grid.send_and_receive(
-            [Message(content, dst_node_id=1, message_type=keys.TRAIN)], timeout=10)
+            [Message(content, dst_node_id=1, message_type=keys.TRAIN)], timeout=10
+        )
     assert reply.error is not None and "read-only" in reply.error.reason
     assert global_model.tolist() == [0.0, 0.0, 0.0]
 
@@ -132,13 +143,20 @@ def test_the_same_seed_gives_bit_identical_models_on_both_runtimes() -> None:
     finally:
         sys.path.remove(str(QUICKSTART))
     config: dict[str, Any] = {
-        "num-server-rounds": 3, "fraction-train": 0.5, "fraction-evaluate": 0.5,
-        "local-epochs": 1, "batch-size": 16, "learning-rate": 0.05, "hidden-units": 16,
-        "dirichlet-alpha": 0.5, "seed": 11,
+        "num-server-rounds": 3,
+        "fraction-train": 0.5,
+        "fraction-evaluate": 0.5,
+        "local-epochs": 1,
+        "batch-size": 16,
+        "learning-rate": 0.05,
+        "hidden-units": 16,
+        "dirichlet-alpha": 0.5,
+        "seed": 11,
     }
     results = {
-        runtime: run_simulation(server_app, client_app, num_nodes=12, run_config=config,
-                                runtime=runtime, num_workers=2)  # type: ignore[arg-type]
+        runtime: run_simulation(
+            server_app, client_app, num_nodes=12, run_config=config, runtime=runtime, num_workers=2
+        )  # type: ignore[arg-type]
         for runtime in RUNTIMES
     }
     inline, process = results["inline"].arrays, results["process"].arrays
@@ -147,7 +165,8 @@ def test_the_same_seed_gives_bit_identical_models_on_both_runtimes() -> None:
         assert inline[name].tobytes() == process[name].tobytes(), name
     assert results["inline"].history.to_dict() != {}
     assert [r.train.metrics for r in results["inline"].history.rounds] == [
-        r.train.metrics for r in results["process"].history.rounds]
+        r.train.metrics for r in results["process"].history.rounds
+    ]
 
 
 def test_run_simulation_with_a_server_app_main() -> None:
@@ -156,8 +175,37 @@ def test_run_simulation_with_a_server_app_main() -> None:
     @server.main()
     def main(grid: Grid, context: Context) -> Any:
         return FedAvg(rng=np.random.default_rng(0)).start(
-            grid, initial_arrays=ArrayRecord({"w": np.ones(2)}), num_rounds=2)
+            grid, initial_arrays=ArrayRecord({"w": np.ones(2)}), num_rounds=2
+        )
 
     result = run_simulation(server, echo_app, num_nodes=3, runtime="process", num_workers=1)
     assert result.arrays["w"].tolist() == [1.0, 1.0]
     assert [r.train.replied for r in result.history.rounds] == [3, 3]
+
+
+def test_process_runtime_leaves_no_files_behind() -> None:
+    content = RecordDict({keys.ARRAYS: ArrayRecord({"w": np.ones(100)})})
+    grid = ProcessGrid(counting_app, VirtualNodes(num_nodes=5), num_workers=2)
+    directory = grid._dir
+    with grid:
+        for _ in range(5):
+            messages = [
+                Message(content, dst_node_id=n, message_type=keys.TRAIN) for n in range(1, 6)
+            ]
+            assert not any(r.has_error() for r in grid.send_and_receive(messages, timeout=10))
+        # Only the five nodes' persisted states remain between rounds.
+        assert sorted(p.name.rsplit("-", 1)[-1] for p in directory.iterdir()) == ["state"] * 5
+    assert not directory.exists()
+    grid.close()  # idempotent
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_message_for_an_unknown_node_is_refused_before_anything_is_sent(runtime: str) -> None:
+    from pollinate.errors import NodeUnavailableError
+
+    content = RecordDict()
+    with _grid(runtime, echo_app) as grid:
+        messages = [Message(content, dst_node_id=n, message_type=keys.TRAIN) for n in (1, 99)]
+        with pytest.raises(NodeUnavailableError, match="no node 99"):
+            grid.send(messages)
+        assert list(grid.receive([messages[0].metadata.message_id], timeout=0.5)) == []

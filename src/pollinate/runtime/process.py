@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.client import ClientApp
-from pollinate.errors import ConfigError
+from pollinate.errors import ConfigError, SerializationError
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
 from pollinate.runtime.loading import load_object
 from pollinate.runtime.nodes import VirtualNodes
@@ -269,8 +269,14 @@ class ProcessGrid(Grid):
             return
         worker.task = None
         reply_path = answer["reply"]
-        reply = message_from_bytes(_map_frame(reply_path))
-        os.unlink(reply_path)
+        try:
+            reply = message_from_bytes(_map_frame(reply_path))
+        except (SerializationError, OSError) as exc:
+            log.error("unreadable reply from node %d: %s", task.metadata.dst_node_id, exc)
+            reply = _reply_error(task, ErrorCode.BAD_REPLY, f"unreadable reply: {exc}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(reply_path)
         if answer.get("state_changed"):
             node_id = task.metadata.dst_node_id
             old = self._states.pop(node_id, None)
