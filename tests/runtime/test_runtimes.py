@@ -209,3 +209,21 @@ def test_a_message_for_an_unknown_node_is_refused_before_anything_is_sent(runtim
         with pytest.raises(NodeUnavailableError, match="no node 99"):
             grid.send(messages)
         assert list(grid.receive([messages[0].metadata.message_id], timeout=0.5)) == []
+
+
+def test_inline_runtime_does_not_start_nodes_after_the_deadline() -> None:
+    from pollinate.testing.clock import ManualClock
+
+    clock = ManualClock()
+    app = ClientApp()
+
+    @app.train()
+    def slow(message: Message, context: Context) -> Message:
+        clock.advance(10)  # each node takes 10 s
+        return message.reply(RecordDict())
+
+    grid = InlineGrid(app, VirtualNodes(num_nodes=3), clock=clock)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type=keys.TRAIN) for n in (1, 2, 3)]
+    replies = list(grid.send_and_receive(messages, timeout=15))
+    assert [r.has_error() for r in replies] == [False, False, True]
+    assert replies[2].error is not None and replies[2].error.code == ErrorCode.TIMEOUT
