@@ -28,8 +28,9 @@ lint: $(STAMP)
 
 # Regenerates the checked-in protobuf code from proto/ (needs grpcio-tools, in [dev]).
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/pollinate/serde/_proto \
-		--mypy_out=src/pollinate/serde/_proto proto/pollinate/v1/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--python_out=src/pollinate/serde/_proto --mypy_out=src/pollinate/serde/_proto \
+		proto/pollinate/v1/*.proto
 
 bench: $(STAMP)
 	$(PY) benchmarks/simulation.py

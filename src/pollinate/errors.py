@@ -64,7 +64,7 @@ class NodeUnavailableError(TransportError):
     """A node is not connected, died, or never became available."""
 
 
-class TimeoutError(TransportError, builtins.TimeoutError):  # noqa: A001 - deliberate, documented
+class TimeoutError(TransportError, builtins.TimeoutError):
     """A bounded wait ran out of time."""
 
 

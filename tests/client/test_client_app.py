@@ -76,12 +76,13 @@ def test_reply_to_another_message_is_refused() -> None:
 def test_mods_wrap_handlers_outermost_first() -> None:
     calls: list[str] = []
 
-    def mod(name: str):  # noqa: ANN202
-        def wrapped(msg: Message, ctx: Context, call_next):  # noqa: ANN001, ANN202
+    def mod(name: str):
+        def wrapped(msg: Message, ctx: Context, call_next):
             calls.append(f"{name}-in")
             reply = call_next(msg, ctx)
             calls.append(f"{name}-out")
             return reply
+
         return wrapped
 
     app = ClientApp(mods=[mod("a"), mod("b")])
@@ -91,7 +92,7 @@ def test_mods_wrap_handlers_outermost_first() -> None:
 
 
 def test_a_mod_that_raises_is_contained() -> None:
-    def broken(msg: Message, ctx: Context, call_next):  # noqa: ANN001, ANN202
+    def broken(msg: Message, ctx: Context, call_next):
         raise RuntimeError("mod bug")
 
     app = ClientApp(mods=[broken])

@@ -65,7 +65,9 @@ def test_config_record_accepts_scalars_and_homogeneous_lists() -> None:
 
 
 def test_record_dict_groups_by_kind_and_checks_values() -> None:
-    content = RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(), "config": ConfigRecord()})
+    content = RecordDict(
+        {"arrays": ArrayRecord(), "metrics": MetricRecord(), "config": ConfigRecord()}
+    )
     assert list(content.array_records) == ["arrays"]
     assert list(content.metric_records) == ["metrics"]
     with pytest.raises(ConfigError, match="expected ArrayRecord"):
@@ -106,3 +108,22 @@ def test_message_rejects_unknown_types(message_type: str) -> None:
 def test_message_accepts_sub_actions() -> None:
     message = Message(RecordDict(), dst_node_id=1, message_type="query.histogram")
     assert message.metadata.message_type == "query.histogram"
+
+
+def test_zero_dimensional_arrays_keep_their_shape() -> None:
+    assert ArrayRecord({"s": np.float32(2.5)})["s"].shape == ()
+    assert ArrayRecord({"s": np.array(3)})["s"].shape == ()
+
+
+def test_integers_must_fit_in_64_bits() -> None:
+    with pytest.raises(ConfigError, match="metric 'big'"):
+        MetricRecord({"big": 2**64})
+    with pytest.raises(ConfigError, match="config 'big'"):
+        ConfigRecord({"big": [1, -(2**63) - 1]})
+    assert MetricRecord({"edge": 2**63 - 1})["edge"] == 2**63 - 1
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])
+def test_ttl_must_be_positive_and_finite(ttl: float) -> None:
+    with pytest.raises(ConfigError, match="ttl"):
+        Message(RecordDict(), dst_node_id=1, message_type="train", ttl=ttl)

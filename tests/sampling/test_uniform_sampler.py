@@ -18,8 +18,11 @@ def test_same_seed_same_nodes_same_order_whatever_the_listing_order() -> None:
 
 def test_is_uniform() -> None:
     rng = np.random.default_rng(0)
-    counts = Counter(n for _ in range(2000)
-                     for n in UniformSampler().sample(range(10), 3, server_round=1, rng=rng))
+    counts = Counter(
+        n
+        for _ in range(2000)
+        for n in UniformSampler().sample(range(10), 3, server_round=1, rng=rng)
+    )
     expected = 2000 * 3 / 10
     assert all(abs(c - expected) < 0.1 * expected for c in counts.values())
 

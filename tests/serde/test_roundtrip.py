@@ -125,7 +125,7 @@ def test_every_supported_dtype_round_trips_its_bytes() -> None:
     raw = rng.integers(0, 256, size=8 * 7, dtype=np.uint8).tobytes()
     record = ArrayRecord(
         {
-            name: (np.frombuffer(raw, np.dtype(name))[:7] if name != "bool" else np.arange(7) % 2 == 0)
+            name: np.arange(7) % 2 == 0 if name == "bool" else np.frombuffer(raw, name)[:7]
             for name in SUPPORTED_DTYPES
         }
     )
@@ -161,10 +161,6 @@ def test_shapes_round_trip(shape: tuple[int, ...]) -> None:
     assert np.array_equal(back["a"]["x"], array)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records bug: ArrayRecord stores 0-d arrays as shape (1,) (np.ascontiguousarray)",
-)
 def test_zero_dimensional_array_keeps_its_shape() -> None:
     rd = RecordDict({"a": ArrayRecord({"x": np.array(3.5, dtype=np.float32)})})
     back = recorddict_from_bytes(recorddict_to_bytes(rd))
@@ -213,7 +209,8 @@ def test_messages_round_trip(msg: Message) -> None:
     assert b"".join(message_to_segments(msg)) == data
     if msg.error is not None:
         assert back.error == msg.error
-        assert type(back.error.code) is type(msg.error.code)  # ErrorCode stays ErrorCode
+        known = msg.error.code in set(ErrorCode)
+        assert type(back.error.code) is (ErrorCode if known else int)
         assert back.has_error()
     else:
         assert back.error is None
@@ -241,7 +238,7 @@ def test_unknown_error_codes_stay_plain_ints() -> None:
     back = message_from_bytes(message_to_bytes(reply))
     # Assert
     assert back.error == Error(1234, "custom failure")
-    assert type(back.error.code) is int  # type: ignore[union-attr]
+    assert back.error is not None and type(back.error.code) is int
     known = message_from_bytes(message_to_bytes(request.reply(error=Error(ErrorCode.TIMEOUT))))
     assert known.error is not None and known.error.code is ErrorCode.TIMEOUT
 
@@ -276,8 +273,8 @@ def test_decoded_arrays_are_writable_views_of_a_bytearray_and_64_byte_aligned() 
 
 def test_segments_reference_the_arrays_without_copying() -> None:
     # Arrange
-    weights = np.arange(1000, dtype=np.float32)
-    bias = np.ones((10, 10), np.float64)
+    weights: np.ndarray[Any, Any] = np.arange(1000, dtype=np.float32)
+    bias: np.ndarray[Any, Any] = np.ones((10, 10), np.float64)
     msg = Message(
         RecordDict({"arrays": ArrayRecord({"w": weights, "b": bias})}),
         dst_node_id=1,

@@ -29,11 +29,14 @@ def test_send_and_receive_yields_one_reply_per_instruction_in_sending_order() ->
     replies = list(grid.send_and_receive(messages, timeout=10))
 
     assert [r.metadata.reply_to_message_id for r in replies] == [
-        m.metadata.message_id for m in messages]
+        m.metadata.message_id for m in messages
+    ]
 
 
 def test_missing_replies_become_timeout_errors() -> None:
-    grid = FakeGrid(lambda m: None if m.metadata.dst_node_id == 1 else make_reply(m), node_ids=[1, 2])
+    grid = FakeGrid(
+        lambda m: None if m.metadata.dst_node_id == 1 else make_reply(m), node_ids=[1, 2]
+    )
     replies = list(grid.send_and_receive(_messages([1, 2]), timeout=3))
     assert replies[0].error is not None and replies[0].error.code == ErrorCode.TIMEOUT
     assert "node 1 within 3 s" in replies[0].error.reason

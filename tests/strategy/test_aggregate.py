@@ -25,15 +25,20 @@ def test_weighted_mean_agrees_with_numpy_average(weights: list[int], seed: int) 
 
     result = aggregate_weighted_mean(records)
 
-    np.testing.assert_allclose(result["w"], np.average(stacked, axis=0, weights=weights), rtol=1e-12)
+    np.testing.assert_allclose(
+        result["w"], np.average(stacked, axis=0, weights=weights), rtol=1e-12
+    )
 
 
 @settings(max_examples=30, deadline=None)
 @given(weights=weights, seed=st.integers(0, 2**32 - 1))
-def test_weighted_mean_is_permutation_invariant_up_to_rounding(weights: list[int], seed: int) -> None:
+def test_weighted_mean_is_permutation_invariant_up_to_rounding(
+    weights: list[int], seed: int
+) -> None:
     rng = np.random.default_rng(seed)
-    records = [(ArrayRecord({"w": rng.standard_normal(5).astype(np.float32)}), float(w))
-               for w in weights]
+    records = [
+        (ArrayRecord({"w": rng.standard_normal(5).astype(np.float32)}), float(w)) for w in weights
+    ]
     forward = aggregate_weighted_mean(records)["w"]
     backward = aggregate_weighted_mean(reversed(records))["w"]
     np.testing.assert_allclose(forward, backward, rtol=1e-6)
@@ -41,8 +46,14 @@ def test_weighted_mean_is_permutation_invariant_up_to_rounding(weights: list[int
 
 def test_result_keeps_each_arrays_dtype() -> None:
     acc = WeightedMeanAccumulator()
-    acc.add(ArrayRecord({"f": np.array([1.0], np.float16), "i": np.array([1]), "b": np.array([True])}), 1)
-    acc.add(ArrayRecord({"f": np.array([2.0], np.float16), "i": np.array([4]), "b": np.array([False])}), 3)
+    acc.add(
+        ArrayRecord({"f": np.array([1.0], np.float16), "i": np.array([1]), "b": np.array([True])}),
+        1,
+    )
+    acc.add(
+        ArrayRecord({"f": np.array([2.0], np.float16), "i": np.array([4]), "b": np.array([False])}),
+        3,
+    )
     out = acc.result()
     assert out["f"].dtype == np.float16 and out["f"][0] == np.float16(1.75)
     assert out["i"].dtype == np.int64 and out["i"][0] == 3  # 3.25 rounds to 3

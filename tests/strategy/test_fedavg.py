@@ -55,8 +55,9 @@ def test_failures_are_counted_and_too_few_replies_stop_the_run() -> None:
 
 
 def test_a_silent_node_times_out_and_the_round_goes_on() -> None:
-    grid = FakeGrid(lambda m: None if m.metadata.dst_node_id == 2 else linear_node(m),
-                    node_ids=[1, 2, 3])
+    grid = FakeGrid(
+        lambda m: None if m.metadata.dst_node_id == 2 else linear_node(m), node_ids=[1, 2, 3]
+    )
     result = FedAvg(rng=np.random.default_rng(0)).start(
         grid, initial_arrays=_model(), num_rounds=1, timeout=5
     )
@@ -68,8 +69,9 @@ def test_a_silent_node_times_out_and_the_round_goes_on() -> None:
 
 def test_missing_weight_metric_is_a_clear_aggregation_error() -> None:
     def no_weight(message: Message) -> Message:
-        return message.reply(RecordDict({keys.ARRAYS: _model(),
-                                         keys.METRICS: MetricRecord({"loss": 1.0})}))
+        return message.reply(
+            RecordDict({keys.ARRAYS: _model(), keys.METRICS: MetricRecord({"loss": 1.0})})
+        )
 
     grid = FakeGrid(no_weight, node_ids=[1, 2])
     with pytest.raises(AggregationError, match="node 1 has no usable 'num-examples'"):
@@ -83,8 +85,9 @@ def test_waiting_for_nodes_times_out_with_a_clear_error() -> None:
         strategy.start(grid, initial_arrays=_model(), num_rounds=1)
 
 
-@pytest.mark.parametrize("kwargs", [{"fraction_train": 1.5}, {"min_train_nodes": -1},
-                                    {"wait_timeout": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"fraction_train": 1.5}, {"min_train_nodes": -1}, {"wait_timeout": 0}]
+)
 def test_bad_settings_are_config_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         FedAvg(**kwargs)  # type: ignore[arg-type]
@@ -99,7 +102,8 @@ def test_centralized_evaluation_runs_before_and_after_every_round() -> None:
 
     grid = FakeGrid(linear_node, node_ids=[1, 2])
     result = FedAvg(rng=np.random.default_rng(0)).start(
-        grid, initial_arrays=_model(), num_rounds=2, evaluate_fn=evaluate)
+        grid, initial_arrays=_model(), num_rounds=2, evaluate_fn=evaluate
+    )
     assert seen == [0, 1, 2]
     assert result.history.initial_centralized == {"accuracy": 0.0}
     assert result.history.series("centralized", "accuracy") == [(1, 1.0), (2, 2.0)]

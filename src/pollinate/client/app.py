@@ -62,9 +62,7 @@ class ClientApp:
         if callable(action):  # used bare, as ``@app.train``
             return self._register_as(base, action)
         if action is not None and (not isinstance(action, str) or not action or "." in action):
-            raise ConfigError(
-                f"@app.{base}(...) takes an action name without dots, got {action!r}"
-            )
+            raise ConfigError(f"@app.{base}(...) takes an action name without dots, got {action!r}")
         message_type = base if action is None else f"{base}.{action}"
         return functools.partial(self._register_as, message_type)
 

@@ -53,7 +53,8 @@ def _as_supported_array(name: str, value: Any) -> NDArray[Any]:
         )
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
-    return np.ascontiguousarray(value)
+    # ascontiguousarray would turn 0-d arrays into shape (1,); copy only when needed.
+    return value if value.flags.c_contiguous else np.ascontiguousarray(value)
 
 
 class ArrayRecord(MutableMapping[str, NDArray[Any]]):

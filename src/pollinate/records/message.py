@@ -9,6 +9,7 @@ routing fields so a reply can never be misaddressed.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -124,8 +125,8 @@ class Message:
         if not isinstance(content, RecordDict):
             raise ConfigError(f"message content must be a RecordDict, got {type(content).__name__}")
         _check_message_type(message_type)
-        if ttl <= 0:
-            raise ConfigError(f"ttl must be positive seconds, got {ttl}")
+        if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and ttl > 0):
+            raise ConfigError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
         metadata = Metadata(
             run_id=run_id,
             message_id=_new_message_id(),

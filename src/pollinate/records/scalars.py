@@ -19,16 +19,32 @@ __all__ = ["ConfigRecord", "ConfigValue", "MetricRecord", "MetricValue", "Scalar
 Scalar: TypeAlias = bool | int | float | str | bytes
 MetricValue: TypeAlias = int | float | list[int] | list[float]
 ConfigValue: TypeAlias = (
-    bool | int | float | str | bytes | list[bool] | list[int] | list[float] | list[str] | list[bytes]
+    bool
+    | int
+    | float
+    | str
+    | bytes
+    | list[bool]
+    | list[int]
+    | list[float]
+    | list[str]
+    | list[bytes]
 )
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _plain_number(value: Any) -> int | float | None:
-    """``value`` as a Python int/float if it is a (NumPy) real number but not a bool."""
+    """``value`` as a Python int/float if it is a (NumPy) real number but not a bool.
+
+    Integers must fit in 64 bits, the widest any wire format carries.
+    """
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        number = int(value)
+        return number if _INT64_MIN <= number <= _INT64_MAX else None
     if isinstance(value, (float, np.floating)):
         return float(value)
     return None

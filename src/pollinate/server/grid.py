@@ -93,7 +93,9 @@ class Grid(ABC):
                 yield waiting.pop(next_index)
                 next_index += 1
         for index in range(next_index, len(requests)):
-            yield waiting.pop(index) if index in waiting else _timeout_reply(requests[index], timeout)
+            yield (
+                waiting.pop(index) if index in waiting else _timeout_reply(requests[index], timeout)
+            )
 
     def wait_for_nodes(self, min_nodes: int, *, timeout: float) -> list[int]:
         """Block until at least ``min_nodes`` nodes are connected; return their ids.

@@ -12,8 +12,12 @@ echo_app = ClientApp()
 
 @echo_app.train()
 def _echo(message: Message, context: Context) -> Message:
-    content = RecordDict({keys.ARRAYS: message.content[keys.ARRAYS],
-                          keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})})
+    content = RecordDict(
+        {
+            keys.ARRAYS: message.content[keys.ARRAYS],
+            keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1}),
+        }
+    )
     return message.reply(content)
 
 

@@ -20,8 +20,9 @@ __all__ = ["check_grid", "check_strategy"]
 
 
 def _model() -> ArrayRecord:
-    return ArrayRecord({"w": np.arange(6, dtype=np.float32).reshape(2, 3),
-                        "b": np.zeros(3, np.float32)})
+    return ArrayRecord(
+        {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+    )
 
 
 def check_strategy(factory: Callable[[int], Strategy], *, num_rounds: int = 3) -> None:
@@ -34,7 +35,9 @@ def check_strategy(factory: Callable[[int], Strategy], *, num_rounds: int = 3) -
     initial = _model()
     pristine = initial.copy()
 
-    def run(seed: int, handler: Callable[[Message], Message | None]) -> tuple[ArrayRecord, list[int]]:
+    def run(
+        seed: int, handler: Callable[[Message], Message | None]
+    ) -> tuple[ArrayRecord, list[int]]:
         grid = FakeGrid(handler, node_ids=range(1, 21))
         result = factory(seed).start(grid, initial_arrays=initial, num_rounds=num_rounds)
         return result.arrays, [m.metadata.dst_node_id for m in grid.sent]
@@ -78,19 +81,28 @@ def check_grid(make_grid: Callable[[], Grid]) -> None:
 
     with make_grid() as grid:
         nodes = grid.nodes()
-        assert nodes == sorted(nodes) and len(set(nodes)) == len(nodes), "nodes() must be sorted, unique"
+        assert nodes == sorted(nodes) and len(set(nodes)) == len(nodes), (
+            "nodes() must be sorted, unique"
+        )
         content = RecordDict({keys.ARRAYS: _model()})
-        messages = [Message(content, dst_node_id=n, message_type=keys.TRAIN, group_id="1",
-                            run_id=grid.run_id) for n in reversed(nodes)]
+        messages = [
+            Message(
+                content, dst_node_id=n, message_type=keys.TRAIN, group_id="1", run_id=grid.run_id
+            )
+            for n in reversed(nodes)
+        ]
         replies = list(grid.send_and_receive(messages, timeout=30))
         assert [r.metadata.reply_to_message_id for r in replies] == [
-            m.metadata.message_id for m in messages], "one reply per instruction, in sending order"
+            m.metadata.message_id for m in messages
+        ], "one reply per instruction, in sending order"
         for reply, message in zip(replies, messages, strict=True):
             assert not reply.has_error(), reply.error
             assert reply.metadata.src_node_id == message.metadata.dst_node_id
             echoed = reply.content.get_kind(keys.ARRAYS, ArrayRecord)
             assert echoed == _model(), "arrays must arrive intact"
-        failing = Message(content, dst_node_id=nodes[0], message_type="query.fail", run_id=grid.run_id)
+        failing = Message(
+            content, dst_node_id=nodes[0], message_type="query.fail", run_id=grid.run_id
+        )
         (reply,) = grid.send_and_receive([failing], timeout=30)
         assert reply.has_error(), "a failing handler must give an error reply"
         try:

@@ -68,8 +68,9 @@ class FakeGrid(Grid):
         observer: RunObserver | None = None,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(run_id=run_id, observer=observer,
-                         clock=clock if clock is not None else ManualClock())
+        super().__init__(
+            run_id=run_id, observer=observer, clock=clock if clock is not None else ManualClock()
+        )
         self.handler = handler
         self.node_ids = list(node_ids)
         self.sent: list[Message] = []
