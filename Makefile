@@ -4,30 +4,32 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
-
-.PHONY: demo test lint proto bench clean
-
+# One stamp per set of extras: demo needs only Pollinate, test adds the test tools,
+# lint and proto add the developer tools. A stamp is redone when pyproject.toml changes.
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet -e ".[dev]"
-	touch $(STAMP)
+$(VENV)/.installed-%: $(PY) pyproject.toml
+	$(PIP) install --quiet -e ".[$*]"
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.installed-base: $(PY) pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
+
+demo: $(VENV)/.installed-base
 	$(VENV)/bin/pollinate simulate examples/quickstart
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
 # Regenerates the checked-in protobuf code from proto/ (needs grpcio-tools, in [dev]).
-proto: $(STAMP)
+proto: $(VENV)/.installed-dev
 	$(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 		--python_out=src/pollinate/serde/_proto --mypy_out=src/pollinate/serde/_proto \
 		proto/pollinate/v1/*.proto

@@ -82,25 +82,38 @@ def plot_history(history: History, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    colors = {"train": "tab:blue", "evaluate": "tab:orange", "centralized": "tab:green"}
+    labels = {
+        "train": "train (nodes)",
+        "evaluate": "evaluate (nodes)",
+        "centralized": "test (server)",
+    }
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for phase, metric, label in (
-        ("train", "train-loss", "train (nodes)"),
-        ("evaluate", "loss", "evaluate (nodes)"),
-        ("centralized", "loss", "test (server)"),
+    for ax, series in (
+        (loss_ax, (("train", "train-loss"), ("evaluate", "loss"), ("centralized", "loss"))),
+        (acc_ax, (("evaluate", "accuracy"), ("centralized", "accuracy"))),
     ):
-        points = history.series(phase, metric)
-        if points:
-            loss_ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label)
-    for phase, label in (("evaluate", "evaluate (nodes)"), ("centralized", "test (server)")):
-        points = history.series(phase, "accuracy")
-        if points:
-            acc_ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label)
-    loss_ax.set(title="loss", xlabel="round")
-    acc_ax.set(title="accuracy", xlabel="round", ylim=(0, 1))
-    for ax in (loss_ax, acc_ax):
+        for phase, metric in series:
+            points = history.series(phase, metric)
+            initial = history.initial_centralized.get(metric)
+            if phase == "centralized" and isinstance(initial, (int, float)):
+                points = [(0, float(initial)), *points]
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True),
+                    marker="o",
+                    ms=3,
+                    color=colors[phase],
+                    label=labels[phase],
+                )
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    loss_ax.set_title("loss")
+    acc_ax.set(title="accuracy", ylim=(0, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
