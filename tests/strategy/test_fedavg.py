@@ -107,3 +107,28 @@ def test_centralized_evaluation_runs_before_and_after_every_round() -> None:
     assert seen == [0, 1, 2]
     assert result.history.initial_centralized == {"accuracy": 0.0}
     assert result.history.series("centralized", "accuracy") == [(1, 1.0), (2, 2.0)]
+
+
+def test_aggregation_streams_and_holds_no_earlier_reply() -> None:
+    import gc
+    import weakref
+
+    instruction = Message(RecordDict(), dst_node_id=1, message_type=keys.TRAIN)
+    alive_when_yielding: list[int] = []
+    refs: list[weakref.ref[np.ndarray]] = []
+
+    def replies():
+        for _ in range(20):
+            gc.collect()
+            alive_when_yielding.append(sum(r() is not None for r in refs))
+            array = np.ones(1000, np.float32)
+            refs.append(weakref.ref(array))
+            metrics = MetricRecord({keys.NUM_EXAMPLES: 1})
+            yield instruction.reply(
+                RecordDict({keys.ARRAYS: ArrayRecord({"w": array}), keys.METRICS: metrics})
+            )
+
+    arrays, _ = FedAvg().aggregate_train(1, replies())
+
+    assert arrays is not None and arrays["w"].tolist() == [1.0] * 1000
+    assert max(alive_when_yielding) <= 1, alive_when_yielding
