@@ -34,8 +34,20 @@ proto: $(VENV)/.installed-dev
 		--python_out=src/pollinate/serde/_proto --mypy_out=src/pollinate/serde/_proto \
 		proto/pollinate/v1/*.proto
 
-bench: $(STAMP)
-	$(PY) benchmarks/simulation.py
+# The simulation benchmark (not part of the tests): Pollinate, and Flower 1.42 in its own
+# venv for comparison. Results go to benchmarks/results/simulation.md.
+FLWR_VENV := benchmarks/.venv-flwr
+FLWR_STAMP := $(FLWR_VENV)/.installed
+
+$(FLWR_STAMP):
+	$(PYTHON) -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/pip install --quiet "flwr[simulation]==1.42.0" psutil
+	touch $(FLWR_STAMP)
+
+bench-flower-venv: $(FLWR_STAMP)
+
+bench: $(STAMP) $(FLWR_STAMP)
+	$(PY) benchmarks/simulation.py --flower $(FLWR_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
