@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
+import signal
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ class RunRecorder:
         self._started = time.perf_counter()
         self._first_round: float | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._plotter = _Plotter()
 
     @property
     def history_path(self) -> Path:
@@ -53,7 +59,8 @@ class RunRecorder:
         """Write the final record and the plot."""
         self._write(status=status, error=error)
         if self.history.rounds:
-            plot_history(self.history, self.run_dir / "metrics.png")
+            self._plotter.plot(self.history_path, self.run_dir / "metrics.png")
+        self._plotter.close()
 
     def _write(self, *, status: str, error: str | None = None) -> None:
         elapsed = time.perf_counter() - self._started
@@ -76,6 +83,80 @@ class RunRecorder:
         os.replace(tmp, self.history_path)
 
 
+class _Plotter:
+    """Draws metrics.png from a helper process forked when the run starts.
+
+    Importing matplotlib takes about 0.6 s, longer than a whole small simulation; in a
+    helper it overlaps the run instead of adding to it. Where fork is unavailable, or
+    the helper fails, the plot is drawn in this process.
+    """
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self._process: BaseProcess | None = None
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return
+        context = multiprocessing.get_context("fork")
+        parent_conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_plot_server, args=(child_conn,), name="pollinate-plotter", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+        self._conn = parent_conn
+
+    def plot(self, history_path: Path, png_path: Path) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send_bytes(json.dumps([str(history_path), str(png_path)]).encode())
+                if self._conn.poll(_PLOT_TIMEOUT) and self._conn.recv_bytes() == b"ok":
+                    return
+            except (OSError, EOFError):
+                pass
+        history = History.from_dict(json.loads(history_path.read_text(encoding="utf-8")))
+        plot_history(history, png_path)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send_bytes(b"")
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+            self._process = None
+
+
+_PLOT_TIMEOUT = 60.0
+
+
+def _plot_server(conn: Connection) -> None:
+    """Import matplotlib now, then draw each requested plot."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    while True:
+        try:
+            request = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not request:
+            return
+        history_path, png_path = json.loads(request)
+        try:
+            history = History.from_dict(json.loads(Path(history_path).read_text("utf-8")))
+            plot_history(history, Path(png_path))
+        except Exception:  # the parent falls back to drawing it itself
+            conn.send_bytes(b"failed")
+        else:
+            conn.send_bytes(b"ok")
+
+
 def plot_history(history: History, path: Path) -> None:
     """Loss and accuracy against round: train, federated evaluation, centralized test."""
     import matplotlib
@@ -90,7 +171,8 @@ def plot_history(history: History, path: Path) -> None:
         "evaluate": "evaluate (nodes)",
         "centralized": "test (server)",
     }
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.92, wspace=0.18)
     for ax, series in (
         (loss_ax, (("train", "train-loss"), ("evaluate", "loss"), ("centralized", "loss"))),
         (acc_ax, (("evaluate", "accuracy"), ("centralized", "accuracy"))),

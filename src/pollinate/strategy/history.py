@@ -49,6 +49,25 @@ class History:
         """Plain data, ready for ``json.dumps``."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """The inverse of :meth:`to_dict` (extra keys, as in history.json, are ignored)."""
+
+        def phase(value: dict[str, Any] | None) -> PhaseSummary | None:
+            return None if value is None else PhaseSummary(**value)
+
+        rounds = [
+            RoundRecord(
+                server_round=r["server_round"],
+                train=phase(r.get("train")),
+                evaluate=phase(r.get("evaluate")),
+                centralized=dict(r.get("centralized", {})),
+                seconds=r.get("seconds", 0.0),
+            )
+            for r in data.get("rounds", [])
+        ]
+        return cls(initial_centralized=dict(data.get("initial_centralized", {})), rounds=rounds)
+
     def series(self, phase: str, metric: str) -> list[tuple[int, float]]:
         """``(round, value)`` pairs of ``metric`` in ``phase`` (train, evaluate, centralized)."""
         points: list[tuple[int, float]] = []
