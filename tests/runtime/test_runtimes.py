@@ -66,7 +66,7 @@ def test_process_runtime_replaces_a_crashed_worker_and_cancels_a_late_node() -> 
 
 
 def test_process_runtime_arrays_cross_in_shared_memory() -> None:
-    content = RecordDict({keys.ARRAYS: ArrayRecord({"w": np.arange(1000, dtype=np.float32)})})
+    content = RecordDict({keys.ARRAYS: ArrayRecord({"w": np.arange(1_000_000, dtype=np.float32)})})
     with _grid("process", echo_app) as grid:
         (reply,) = grid.send_and_receive(
             [Message(content, dst_node_id=1, message_type=keys.TRAIN)], timeout=10
@@ -79,7 +79,7 @@ def test_process_runtime_arrays_cross_in_shared_memory() -> None:
             base = base.obj
         assert isinstance(base, mmap.mmap), f"reply array is backed by {type(base).__name__}"
         assert not array.flags.writeable
-        np.testing.assert_array_equal(array, np.arange(1000, dtype=np.float32))
+        np.testing.assert_array_equal(array, np.arange(1_000_000, dtype=np.float32))
 
 
 counting_app = ClientApp()

@@ -33,7 +33,9 @@ SUPPORTED_DTYPES: Final[tuple[str, ...]] = (
     "float32",
     "float64",
 )
-_SUPPORTED = frozenset(SUPPORTED_DTYPES)
+# (kind, itemsize) of the supported dtypes: checked per array on every record built,
+# and much cheaper than ``dtype.name``.
+_SUPPORTED_KINDS = frozenset((np.dtype(n).kind, np.dtype(n).itemsize) for n in SUPPORTED_DTYPES)
 
 
 def _as_supported_array(name: str, value: Any) -> NDArray[Any]:
@@ -46,7 +48,8 @@ def _as_supported_array(name: str, value: Any) -> NDArray[Any]:
                 f"ArrayRecord entry {name!r} is a {type(value).__name__}, not a numpy array; "
                 "convert it first (for framework models use pollinate.adapters)"
             )
-    if value.dtype.name not in _SUPPORTED:
+    dtype = value.dtype
+    if (dtype.kind, dtype.itemsize) not in _SUPPORTED_KINDS or dtype.fields is not None:
         raise ConfigError(
             f"ArrayRecord entry {name!r} has dtype {value.dtype}, which cannot travel; "
             f"use one of {', '.join(SUPPORTED_DTYPES)}"
@@ -148,6 +151,6 @@ class ArrayRecord(MutableMapping[str, NDArray[Any]]):
         """A deep copy: new arrays with the same names, dtypes, shapes and values."""
         return ArrayRecord({k: v.copy() for k, v in self._data.items()})
 
-    def structure(self) -> list[tuple[str, str, tuple[int, ...]]]:
+    def structure(self) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
         """(name, dtype, shape) of each array, in order; equal structures can be aggregated."""
-        return [(k, v.dtype.name, tuple(v.shape)) for k, v in self._data.items()]
+        return [(k, v.dtype, v.shape) for k, v in self._data.items()]

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -44,6 +44,7 @@ from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
 from pollinate.runtime.loading import load_object
 from pollinate.runtime.nodes import VirtualNodes
 from pollinate.serde import (
+    frame_nbytes,
     message_from_bytes,
     message_to_segments,
     recorddict_from_bytes,
@@ -98,7 +99,15 @@ class _Worker:
     index: int
     process: BaseProcess
     conn: Connection
-    task: _Task | None = None
+    # Sent and not yet answered, in order; the first one is running.
+    tasks: deque[_Task] = field(default_factory=deque)
+
+
+#: Tasks in flight per worker. More would hide the round trip to the parent, but a
+#: slow node would then hold up the task queued behind it on the same worker.
+_DEPTH = 1
+#: Replies up to this size come back through the pipe; larger ones through a file.
+_INLINE_REPLY_BYTES = 1 << 20
 
 
 class ProcessGrid(Grid):
@@ -181,15 +190,22 @@ class ProcessGrid(Grid):
             if not wanted:
                 return
             self._dispatch()
-            busy = [w for w in self._workers if w.task is not None]
+            busy = [w for w in self._workers if w.tasks]
             remaining = deadline - self.clock.now()
             if not busy or remaining <= 0:
                 break
             waitables: list[Any] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
             ready = multiprocessing.connection.wait(waitables, timeout=remaining)
-            for worker in busy:
-                if worker.conn in ready or worker.process.sentinel in ready:
-                    self._collect(worker)
+            answers = [
+                (task, data)
+                for worker in busy
+                if worker.conn in ready or worker.process.sentinel in ready
+                for task, data in [self._take(worker)]
+                if data is not None
+            ]
+            self._dispatch()  # keep workers busy while the answers are decoded
+            for task, data in answers:
+                self._absorb(task, data)
         self._cancel(wanted)
 
     def close(self) -> None:
@@ -224,30 +240,36 @@ class ProcessGrid(Grid):
         return _Worker(index, process, parent_conn)
 
     def _dispatch(self) -> None:
+        """Give queued tasks to workers with room, never two for one node at once
+        (each call must see the state the previous call left)."""
+        busy_nodes = {t.metadata.dst_node_id for w in self._workers for t in w.tasks}
         for worker in self._workers:
-            if worker.task is not None:
-                continue
-            if not self._queue:
-                return
-            task = self._queue.popleft()
-            state = self._states.get(task.metadata.dst_node_id)
-            record = {
-                "metadata": asdict(task.metadata),
-                "content": task.content_path,
-                "state": state,
-            }
-            worker.task = task
-            try:
-                worker.conn.send_bytes(json.dumps(record).encode())
-            except OSError:
-                self._collect(worker)
+            while len(worker.tasks) < _DEPTH and self._queue:
+                task = next(
+                    (t for t in self._queue if t.metadata.dst_node_id not in busy_nodes), None
+                )
+                if task is None:
+                    return
+                self._queue.remove(task)
+                node_id = task.metadata.dst_node_id
+                busy_nodes.add(node_id)
+                record = {
+                    "metadata": _metadata_dict(task.metadata),
+                    "content": task.content_path,
+                    "state": self._states.get(node_id),
+                }
+                worker.tasks.append(task)
+                try:
+                    worker.conn.send_bytes(json.dumps(record).encode())
+                except OSError:
+                    self._collect(worker)
+                    break
 
-    def _collect(self, worker: _Worker) -> None:
-        """Take a worker's answer, or notice that it died and replace it."""
-        task = worker.task
-        assert task is not None
+    def _take(self, worker: _Worker) -> tuple[_Task, bytes | None]:
+        """A worker's next raw answer; ``None`` if it died (then it is replaced)."""
+        task = worker.tasks[0]
         try:
-            answer = json.loads(worker.conn.recv_bytes())
+            data = worker.conn.recv_bytes()
         except (EOFError, OSError):
             worker.process.join(timeout=5)
             code = worker.process.exitcode
@@ -257,26 +279,35 @@ class ProcessGrid(Grid):
                 code,
                 task.metadata.dst_node_id,
             )
-            self._finish(
-                task,
-                _reply_error(
-                    task,
-                    ErrorCode.WORKER_CRASHED,
-                    f"the worker running this node died (exit code {code})",
-                ),
-            )
+            worker.tasks.popleft()
+            reason = f"the worker running this node died (exit code {code})"
+            self._finish(task, _reply_error(task, ErrorCode.WORKER_CRASHED, reason))
             self._replace(worker)
-            return
-        worker.task = None
-        reply_path = answer["reply"]
+            return task, None
+        worker.tasks.popleft()
+        return task, data
+
+    def _collect(self, worker: _Worker) -> None:
+        """Take and decode a worker's next answer."""
+        task, data = self._take(worker)
+        if data is not None:
+            self._absorb(task, data)
+
+    def _absorb(self, task: _Task, data: bytes) -> None:
+        """Decode an answer: the reply, and where the node's new state is."""
+        answer_length = int.from_bytes(data[:4], "little")
+        answer = json.loads(data[4 : 4 + answer_length])
+        reply_path = answer.get("reply")
         try:
-            reply = message_from_bytes(_map_frame(reply_path))
+            frame = _map_frame(reply_path) if reply_path else memoryview(data)[4 + answer_length :]
+            reply = message_from_bytes(frame)
         except (SerializationError, OSError) as exc:
             log.error("unreadable reply from node %d: %s", task.metadata.dst_node_id, exc)
             reply = _reply_error(task, ErrorCode.BAD_REPLY, f"unreadable reply: {exc}")
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(reply_path)
+            if reply_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(reply_path)
         if answer.get("state_changed"):
             node_id = task.metadata.dst_node_id
             old = self._states.pop(node_id, None)
@@ -301,16 +332,26 @@ class ProcessGrid(Grid):
                 os.unlink(content_path)
 
     def _replace(self, worker: _Worker) -> None:
+        """Kill and restart a worker; tasks it had not started go back to the queue."""
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=5)
         worker.conn.close()
+        self._queue.extendleft(reversed(worker.tasks))
+        worker.tasks.clear()
         self._workers[worker.index] = self._start_worker(worker.index)
 
     def _cancel(self, message_ids: set[str]) -> None:
         """Drop unstarted tasks and stop running ones (by replacing their workers)."""
         if not message_ids:
             return
+        for worker in list(self._workers):
+            if any(t.message_id in message_ids for t in worker.tasks):
+                log.warning(
+                    "node %d missed its deadline; stopping its worker",
+                    worker.tasks[0].metadata.dst_node_id,
+                )
+                self._replace(worker)
         kept: deque[_Task] = deque()
         for task in self._queue:
             if task.message_id in message_ids:
@@ -318,14 +359,14 @@ class ProcessGrid(Grid):
             else:
                 kept.append(task)
         self._queue = kept
-        for worker in list(self._workers):
-            if worker.task is not None and worker.task.message_id in message_ids:
-                log.warning(
-                    "node %d missed its deadline; stopping its worker",
-                    worker.task.metadata.dst_node_id,
-                )
-                self._release(worker.task.content_path)
-                self._replace(worker)
+
+
+def _metadata_dict(metadata: Metadata) -> dict[str, Any]:
+    """The metadata as JSON-ready data (``asdict`` deep-copies, which is slower)."""
+    return {name: getattr(metadata, name) for name in _METADATA_FIELDS}
+
+
+_METADATA_FIELDS = tuple(Metadata.__dataclass_fields__)
 
 
 def _reply_error(task: _Task, code: ErrorCode, reason: str) -> Message:
@@ -363,12 +404,17 @@ def _worker_main(
             reply = message.reply(error=Error(ErrorCode.TIMEOUT, "instruction expired (ttl)"))
         else:
             reply = client_app(message, context)
-        reply_path = f"{prefix}{next(counter)}-reply"
-        _write_frame(Path(reply_path), message_to_segments(reply))
-        answer: dict[str, Any] = {"reply": reply_path, "state_changed": False}
+        segments = message_to_segments(reply)
+        answer: dict[str, Any] = {"state_changed": False}
+        inline = frame_nbytes(segments) <= _INLINE_REPLY_BYTES
+        if not inline:
+            answer["reply"] = f"{prefix}{next(counter)}-reply"
+            _write_frame(Path(answer["reply"]), segments)
         if len(context.state) or state_path:
             new_state = f"{prefix}{next(counter)}-state" if len(context.state) else None
             if new_state:
                 _write_frame(Path(new_state), recorddict_to_segments(context.state))
             answer.update(state_changed=True, state=new_state)
-        conn.send_bytes(json.dumps(answer).encode())
+        encoded = json.dumps(answer).encode()
+        parts = [len(encoded).to_bytes(4, "little"), encoded, *(segments if inline else ())]
+        conn.send_bytes(b"".join(parts))

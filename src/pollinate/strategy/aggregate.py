@@ -51,7 +51,7 @@ class WeightedMeanAccumulator:
     def __init__(self) -> None:
         self._sums: dict[str, NDArray[np.float64]] | None = None
         self._dtypes: dict[str, np.dtype[Any]] = {}
-        self._structure: list[tuple[str, str, tuple[int, ...]]] = []
+        self._structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
         self._scratch: dict[str, NDArray[np.float64]] = {}
         self.total_weight = 0.0
         self.count = 0
@@ -90,7 +90,7 @@ class WeightedMeanAccumulator:
         return out
 
 
-def _describe(structure: list[tuple[str, str, tuple[int, ...]]]) -> str:
+def _describe(structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> str:
     shown = ", ".join(f"{n}:{d}{list(s)}" for n, d, s in structure[:4])
     return f"[{shown}{', ...' if len(structure) > 4 else ''}]"
 
