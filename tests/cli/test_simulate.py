@@ -84,7 +84,7 @@ def test_too_few_replies_stops_the_run_with_a_clear_error(
     code = main(["simulate", str(app), "--nodes", "3", "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "error: round 1: only 0 of 3 nodes replied to train (3 failed)" in err
+    assert "error: round 1: only 0 of 3 nodes replied to train (3 failed, 0 late)" in err
     assert "no data on this node" in err
     (history_file,) = (tmp_path / "runs").glob("*/history.json")
     assert json.loads(history_file.read_text())["status"] == "failed"

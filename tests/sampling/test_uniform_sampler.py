@@ -5,15 +5,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pollinate.errors import ConfigError
-from pollinate.sampling import Sampler, UniformSampler
+from pollinate.errors import NodeUnavailableError
+from pollinate.sampling import NodeInfo, Sampler, UniformSampler
 
 
 def test_same_seed_same_nodes_same_order_whatever_the_listing_order() -> None:
-    nodes = list(range(1, 51))
+    nodes = [NodeInfo(i) for i in range(1, 51)]
     a = UniformSampler().sample(nodes, 10, server_round=1, rng=np.random.default_rng(3))
     b = UniformSampler().sample(nodes[::-1], 10, server_round=1, rng=np.random.default_rng(3))
-    assert a == b and len(set(a)) == 10 and set(a) <= set(nodes)
+    assert a == b and len(set(a)) == 10 and set(a) <= {n.node_id for n in nodes}
 
 
 def test_is_uniform() -> None:
@@ -21,15 +21,19 @@ def test_is_uniform() -> None:
     counts = Counter(
         n
         for _ in range(2000)
-        for n in UniformSampler().sample(range(10), 3, server_round=1, rng=rng)
+        for n in UniformSampler().sample(
+            [NodeInfo(i) for i in range(10)], 3, server_round=1, rng=rng
+        )
     )
     expected = 2000 * 3 / 10
     assert all(abs(c - expected) < 0.1 * expected for c in counts.values())
 
 
-def test_too_many_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="cannot sample 4 nodes from 3"):
-        UniformSampler().sample([1, 2, 3], 4, server_round=1, rng=np.random.default_rng(0))
+def test_too_many_is_a_clear_error() -> None:
+    with pytest.raises(NodeUnavailableError, match="cannot sample 4 nodes from 3"):
+        UniformSampler().sample(
+            [NodeInfo(i) for i in (1, 2, 3)], 4, server_round=1, rng=np.random.default_rng(0)
+        )
 
 
 def test_satisfies_the_protocol() -> None:

@@ -163,9 +163,7 @@ def test_fuzzed_array_descriptors_are_refused_or_valid(
         assert array.nbytes <= data_nbytes
 
 
-@pytest.mark.parametrize(
-    "value", ["text", 42, None, 3.5, [1, 2], {"a": 1}, object()]
-)
+@pytest.mark.parametrize("value", ["text", 42, None, 3.5, [1, 2], {"a": 1}, object()])
 def test_wrong_input_types_are_refused_naming_the_type(value: Any) -> None:
     with pytest.raises(SerializationError, match=rf"got {type(value).__name__}\b"):
         message_from_bytes(value)

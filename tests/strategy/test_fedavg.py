@@ -62,7 +62,7 @@ def test_a_silent_node_times_out_and_the_round_goes_on() -> None:
         grid, initial_arrays=_model(), num_rounds=1, timeout=5
     )
     train = result.history.rounds[0].train
-    assert train is not None and (train.replied, train.failed) == (2, 1)
+    assert train is not None and (train.replied, train.failed, train.late) == (2, 0, 1)
     assert "within 5 s" in train.errors[0]
     np.testing.assert_allclose(result.arrays["w"], [10 / 4, 10 / 4], rtol=1e-6)
 

@@ -92,6 +92,11 @@ class ProgressDisplay:
         self.console.print(line, highlight=False, markup=False)
 
 
+def _failures(failed: int, late: int) -> str:
+    details = [f"{failed} failed"] * bool(failed) + [f"{late} late"] * bool(late)
+    return f" ({', '.join(details)})" if details else ""
+
+
 def _metrics_text(metrics: dict[str, MetricValue]) -> str:
     return ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items())
 
@@ -100,9 +105,7 @@ def _round_text(record: RoundRecord) -> str:
     parts = [f"round {record.server_round}"]
     if record.train is not None:
         t = record.train
-        parts.append(
-            f"train {t.replied}/{t.sampled} replied" + (f" ({t.failed} failed)" if t.failed else "")
-        )
+        parts.append(f"train {t.replied}/{t.sampled} replied" + _failures(t.failed, t.late))
         loss = t.metrics.get("train-loss", t.metrics.get("loss"))
         if loss is not None:
             parts.append(f"train loss {_fmt(loss)}")
@@ -119,8 +122,10 @@ def summary_table(history: History) -> Table:
     table = Table(title="Run summary", title_justify="left")
     for header in (
         "round",
+        "sampled",
         "replied",
         "failed",
+        "late",
         "train loss",
         "eval loss",
         "eval acc",
@@ -134,8 +139,10 @@ def summary_table(history: History) -> Table:
         evaluation = record.evaluate.metrics if record.evaluate is not None else {}
         table.add_row(
             str(record.server_round),
+            str(train.sampled) if train else "-",
             str(train.replied) if train else "-",
             str(train.failed) if train else "-",
+            str(train.late) if train else "-",
             _fmt(train.metrics.get("train-loss")) if train else "-",
             _fmt(evaluation.get("loss")),
             _fmt(evaluation.get("accuracy")),

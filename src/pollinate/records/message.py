@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     NODE_UNAVAILABLE = 4
     TIMEOUT = 5
     WORKER_CRASHED = 6
+    LATE = 7
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pollinate.client import ClientApp
 from pollinate.records import ArrayRecord, Error, ErrorCode, Message, RecordDict
 from pollinate.runtime.nodes import VirtualNodes
+from pollinate.sampling import NodeInfo
 from pollinate.server.grid import Grid
 from pollinate.strategy.history import RunObserver
 from pollinate.testing.clock import Clock
@@ -56,6 +57,12 @@ class InlineGrid(Grid):
     def nodes(self) -> list[int]:
         return self._nodes.node_ids
 
+    def node_info(self) -> list[NodeInfo]:
+        return self._nodes.node_info()
+
+    def begin_round(self, server_round: int) -> None:
+        self._nodes.current_round = server_round
+
     def send(self, messages: Iterable[Message]) -> list[str]:
         batch = list(messages)
         for message in batch:
@@ -74,20 +81,24 @@ class InlineGrid(Grid):
 
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         deadline = self.clock.now() + timeout
-        for message_id in message_ids:
-            message = self._pending.pop(message_id, None)
-            if message is None:
-                continue
-            if self.clock.now() > deadline:
-                continue  # too late to start: the caller turns it into a timeout
-            yield self._run(message)
+        try:
+            for message_id in message_ids:
+                message = self._pending.pop(message_id, None)
+                if message is None:
+                    continue
+                if self.clock.now() > deadline:
+                    continue  # too late to start: the caller turns it into a timeout
+                yield self._run(message)
+        finally:
+            for message_id in message_ids:  # the caller stopped listening: drop the rest
+                self._pending.pop(message_id, None)
 
     def _run(self, message: Message) -> Message:
         node_id = message.metadata.dst_node_id
         context = self._nodes.context(node_id)
         if time.time() > message.metadata.created_at + message.metadata.ttl:
             return message.reply(error=Error(ErrorCode.TIMEOUT, "instruction expired (ttl)"))
-        reply = self._app(message, context)
+        reply = self._nodes.call(self._app, message, context)
         self._nodes.keep_state(node_id, context.state)
         return reply
 

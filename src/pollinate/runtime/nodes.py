@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pollinate.client import ClientApp
 from pollinate.errors import ConfigError, NodeUnavailableError
-from pollinate.records import ConfigValue, Context, RecordDict, keys
+from pollinate.records import ConfigValue, Context, Message, RecordDict, keys
+from pollinate.runtime.profiles import NodeProfile
+from pollinate.sampling import NodeInfo
 
 __all__ = ["NodeConfigFn", "VirtualNodes"]
 
@@ -26,7 +29,12 @@ class VirtualNodes:
     run_id: int = 0
     run_config: dict[str, ConfigValue] = field(default_factory=dict)
     node_config_fn: NodeConfigFn | None = None
+    #: Seeds the simulated behaviour of node profiles (see pollinate.runtime.profiles).
+    seed: int = 0
+    #: The round the server is in (set by the grid's begin_round).
+    current_round: int = 0
     _states: dict[int, RecordDict] = field(default_factory=dict, init=False, repr=False)
+    _profiles: dict[int, NodeProfile] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
@@ -54,6 +62,46 @@ class VirtualNodes:
         if self.node_config_fn is not None:
             config.update(self.node_config_fn(partition_id))
         return config
+
+    def profile(self, node_id: int) -> NodeProfile:
+        """The node's simulated behaviour, read once from its node_config."""
+        profile = self._profiles.get(node_id)
+        if profile is None:
+            profile = self._profiles[node_id] = NodeProfile.from_config(self.node_config(node_id))
+        return profile
+
+    def node_info(self) -> list[NodeInfo]:
+        """Every node with its node_config as attributes and its simulated availability."""
+        return [
+            NodeInfo(
+                node_id,
+                attributes=self.node_config(node_id),
+                online=self.profile(node_id).online(self.seed, node_id, self.current_round),
+            )
+            for node_id in self.node_ids
+        ]
+
+    def call(
+        self,
+        app: ClientApp,
+        message: Message,
+        context: Context,
+        *,
+        crash: Callable[[], None] | None = None,
+    ) -> Message:
+        """Run ``app`` on ``message`` as this virtual node, with its profile applied."""
+        profile = self.profile(message.metadata.dst_node_id)
+        if not profile.active:
+            return app(message, context)
+        group = message.metadata.group_id
+        server_round = int(group) if group.isdigit() else self.current_round
+        return profile.call(
+            lambda: app(message, context),
+            message,
+            seed=self.seed,
+            server_round=server_round,
+            crash=crash,
+        )
 
     def context(self, node_id: int, state: RecordDict | None = None) -> Context:
         """A fresh Context for one call on ``node_id`` carrying its persisted state."""

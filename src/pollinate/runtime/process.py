@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -43,6 +43,7 @@ from pollinate.errors import ConfigError, SerializationError
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
 from pollinate.runtime.loading import load_object
 from pollinate.runtime.nodes import VirtualNodes
+from pollinate.sampling import NodeInfo
 from pollinate.serde import (
     frame_nbytes,
     message_from_bytes,
@@ -162,6 +163,14 @@ class ProcessGrid(Grid):
     def nodes(self) -> list[int]:
         return self._nodes.node_ids
 
+    def node_info(self) -> list[NodeInfo]:
+        busy = {t.metadata.dst_node_id for w in self._workers for t in w.tasks}
+        busy.update(t.metadata.dst_node_id for t in self._queue)
+        return [replace(info, busy=info.node_id in busy) for info in self._nodes.node_info()]
+
+    def begin_round(self, server_round: int) -> None:
+        self._nodes.current_round = server_round
+
     def send(self, messages: Iterable[Message]) -> list[str]:
         batch = list(messages)
         for message in batch:
@@ -183,30 +192,35 @@ class ProcessGrid(Grid):
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         wanted = set(message_ids)
         deadline = self.clock.now() + timeout
-        while wanted:
-            for message_id in [m for m in wanted if m in self._done]:
-                wanted.discard(message_id)
-                yield self._done.pop(message_id)
-            if not wanted:
-                return
-            self._dispatch()
-            busy = [w for w in self._workers if w.tasks]
-            remaining = deadline - self.clock.now()
-            if not busy or remaining <= 0:
-                break
-            waitables: list[Any] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-            ready = multiprocessing.connection.wait(waitables, timeout=remaining)
-            answers = [
-                (task, data)
-                for worker in busy
-                if worker.conn in ready or worker.process.sentinel in ready
-                for task, data in [self._take(worker)]
-                if data is not None
-            ]
-            self._dispatch()  # keep workers busy while the answers are decoded
-            for task, data in answers:
-                self._absorb(task, data)
-        self._cancel(wanted)
+        try:
+            while wanted:
+                for message_id in [m for m in wanted if m in self._done]:
+                    wanted.discard(message_id)
+                    yield self._done.pop(message_id)
+                if not wanted:
+                    return
+                self._dispatch()
+                busy = [w for w in self._workers if w.tasks]
+                remaining = deadline - self.clock.now()
+                if not busy or remaining <= 0:
+                    break
+                waitables: list[Any] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+                ready = multiprocessing.connection.wait(waitables, timeout=remaining)
+                answers = [
+                    (task, data)
+                    for worker in busy
+                    if worker.conn in ready or worker.process.sentinel in ready
+                    for task, data in [self._take(worker)]
+                    if data is not None
+                ]
+                self._dispatch()  # keep workers busy while the answers are decoded
+                for task, data in answers:
+                    self._absorb(task, data)
+        finally:
+            # Past the deadline, or the caller stopped listening: stop what is left.
+            self._cancel(wanted)
+            for message_id in wanted:
+                self._done.pop(message_id, None)
 
     def close(self) -> None:
         if self._closed:
@@ -369,6 +383,11 @@ def _metadata_dict(metadata: Metadata) -> dict[str, Any]:
 _METADATA_FIELDS = tuple(Metadata.__dataclass_fields__)
 
 
+def _crash() -> None:
+    """A simulated crash: the worker dies as a segfaulting node would."""
+    os._exit(70)
+
+
 def _reply_error(task: _Task, code: ErrorCode, reason: str) -> Message:
     request = Message.from_parts(task.metadata, RecordDict(), None)
     return request.reply(error=Error(code, reason))
@@ -403,7 +422,7 @@ def _worker_main(
         if time.time() > metadata.created_at + metadata.ttl:
             reply = message.reply(error=Error(ErrorCode.TIMEOUT, "instruction expired (ttl)"))
         else:
-            reply = client_app(message, context)
+            reply = nodes.call(client_app, message, context, crash=_crash)
         segments = message_to_segments(reply)
         answer: dict[str, Any] = {"state_changed": False}
         inline = frame_nbytes(segments) <= _INLINE_REPLY_BYTES

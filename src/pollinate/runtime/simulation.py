@@ -66,6 +66,7 @@ def run_simulation(
         run_id=run_id if run_id is not None else secrets.randbits(63),
         run_config=dict(run_config or {}),
         node_config_fn=node_config_fn,
+        seed=_seed_of(run_config),
     )
     grid: Grid
     if runtime == "inline":
@@ -90,3 +91,9 @@ def _load_client_app(reference: str) -> ClientApp:
     from pollinate.runtime.loading import load_object
 
     return load_object(reference, ClientApp)
+
+
+def _seed_of(run_config: Mapping[str, ConfigValue] | None) -> int:
+    """The run's ``seed`` config if it has an int one, else 0 (seeds node profiles)."""
+    seed = (run_config or {}).get("seed", 0)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0

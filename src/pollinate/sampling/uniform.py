@@ -7,7 +7,8 @@ from typing import final
 
 import numpy as np
 
-from pollinate.errors import ConfigError
+from pollinate.errors import NodeUnavailableError
+from pollinate.sampling.base import NodeInfo
 
 __all__ = ["UniformSampler"]
 
@@ -16,29 +17,32 @@ __all__ = ["UniformSampler"]
 class UniformSampler:
     """Every available node is equally likely; no node is picked twice in a round.
 
-    Node ids are sorted before drawing, so the choice depends only on the set of
-    available nodes and the generator's state, not on the order a runtime lists them.
+    Every known node is a candidate, reachable or not (availability-aware sampling
+    is its own sampler). Node ids are sorted before drawing, so the choice depends
+    only on the set of nodes and the generator's state, not on the order a runtime
+    lists them.
 
     Examples
     --------
     >>> import numpy as np
-    >>> UniformSampler().sample([5, 1, 9, 3], 2, server_round=1, rng=np.random.default_rng(0))
+    >>> nodes = [NodeInfo(i) for i in (5, 1, 9, 3)]
+    >>> UniformSampler().sample(nodes, 2, server_round=1, rng=np.random.default_rng(0))
     [5, 9]
     """
 
     def sample(
         self,
-        node_ids: Sequence[int],
+        nodes: Sequence[NodeInfo],
         num_nodes: int,
         *,
         server_round: int,
         rng: np.random.Generator,
     ) -> list[int]:
         """Draw ``num_nodes`` distinct nodes uniformly at random."""
-        candidates = sorted(set(node_ids))
+        candidates = sorted({node.node_id for node in nodes})
         if not 0 <= num_nodes <= len(candidates):
-            raise ConfigError(
-                f"cannot sample {num_nodes} nodes from {len(candidates)} available ones"
+            raise NodeUnavailableError(
+                f"cannot sample {num_nodes} nodes from {len(candidates)} known ones"
             )
         picked = rng.choice(len(candidates), size=num_nodes, replace=False)
         return [candidates[int(i)] for i in picked]

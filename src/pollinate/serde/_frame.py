@@ -140,8 +140,7 @@ def parse_frame(data: object) -> ParsedFrame:
         )
     if size < PREFIX_NBYTES:
         raise SerializationError(
-            f"truncated frame: expected at least {PREFIX_NBYTES} bytes (the prefix), "
-            f"got {size}"
+            f"truncated frame: expected at least {PREFIX_NBYTES} bytes (the prefix), got {size}"
         )
     _, version, reserved, header_nbytes, header_crc = _PREFIX.unpack(head)
     if version != FORMAT_VERSION:

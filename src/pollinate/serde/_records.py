@@ -244,8 +244,7 @@ class _ArrayReader:
                 nonzero_nbytes *= dim
                 if nonzero_nbytes > _MAX_ARRAY_NBYTES:
                     raise SerializationError(
-                        f"{where}: shape {list(shape)} of {desc.dtype} is too large for "
-                        "any array"
+                        f"{where}: shape {list(shape)} of {desc.dtype} is too large for any array"
                     )
         count = 0 if 0 in shape else nonzero_nbytes // dtype.itemsize
         if count * dtype.itemsize != desc.nbytes:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from pollinate.errors import ConfigError, NodeUnavailableError
 from pollinate.records import Error, ErrorCode, Message
+from pollinate.sampling.base import NodeInfo
 from pollinate.strategy.history import NullObserver, RunObserver
 from pollinate.testing.clock import Clock, SystemClock
 
@@ -52,6 +53,17 @@ class Grid(ABC):
     def nodes(self) -> list[int]:
         """Ids of the nodes that are connected now, in ascending order."""
 
+    def node_info(self) -> list[NodeInfo]:
+        """What is known about each node (attributes, reachability), for samplers.
+
+        The default knows only the ids; runtimes that know more override it.
+        """
+        return [NodeInfo(node_id) for node_id in self.nodes()]
+
+    def begin_round(self, server_round: int) -> None:  # noqa: B027 - optional hook
+        """Told by the round loop that ``server_round`` starts (simulations use it to
+        advance simulated availability)."""
+
     @abstractmethod
     def send(self, messages: Iterable[Message]) -> list[str]:
         """Queue instructions for delivery; returns their message ids in order.
@@ -69,14 +81,21 @@ class Grid(ABC):
         cancelled if the runtime can.
         """
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float) -> Iterator[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float, keep_first: int | None = None
+    ) -> Iterator[Message]:
         """Send instructions and yield one reply per instruction, in sending order.
 
-        An instruction without a reply by the deadline yields an error reply with
-        code ``TIMEOUT`` made here, so callers always get exactly one reply each.
+        An instruction without a reply by the deadline yields an error reply with code
+        ``TIMEOUT`` made here, so callers always get exactly one reply each. With
+        ``keep_first=k`` (over-selection), receiving stops as soon as ``k`` good
+        replies are in; the instructions still outstanding are cancelled and yield
+        error replies with code ``LATE``.
         """
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive seconds, got {timeout}")
+        if keep_first is not None and keep_first < 1:
+            raise ConfigError(f"keep_first must be >= 1, got {keep_first}")
         requests = list(messages)
         if not requests:
             return
@@ -84,18 +103,33 @@ class Grid(ABC):
         position = {message_id: index for index, message_id in enumerate(message_ids)}
         waiting: dict[int, Message] = {}
         next_index = 0
-        for reply in self.receive(message_ids, timeout=timeout):
-            index = position.get(reply.metadata.reply_to_message_id)
-            if index is None or index < next_index or index in waiting:
-                continue  # not ours, or a duplicate: never count a reply twice
-            waiting[index] = reply
-            while next_index in waiting:
-                yield waiting.pop(next_index)
-                next_index += 1
+        good = 0
+        enough = False
+        arrivals = self.receive(message_ids, timeout=timeout)
+        try:
+            for reply in arrivals:
+                index = position.get(reply.metadata.reply_to_message_id)
+                if index is None or index < next_index or index in waiting:
+                    continue  # not ours, or a duplicate: never count a reply twice
+                waiting[index] = reply
+                good += not reply.has_error()
+                enough = keep_first is not None and good >= keep_first
+                if enough:
+                    break
+                while next_index in waiting:
+                    yield waiting.pop(next_index)
+                    next_index += 1
+        finally:
+            close = getattr(arrivals, "close", None)
+            if close is not None:
+                close()  # lets the runtime cancel what is still outstanding
         for index in range(next_index, len(requests)):
-            yield (
-                waiting.pop(index) if index in waiting else _timeout_reply(requests[index], timeout)
-            )
+            if index in waiting:
+                yield waiting.pop(index)
+            elif enough:
+                yield _late_reply(requests[index])
+            else:
+                yield _timeout_reply(requests[index], timeout)
 
     def wait_for_nodes(self, min_nodes: int, *, timeout: float) -> list[int]:
         """Block until at least ``min_nodes`` nodes are connected; return their ids.
@@ -124,6 +158,15 @@ class Grid(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _late_reply(request: Message) -> Message:
+    return request.reply(
+        error=Error(
+            ErrorCode.LATE,
+            f"node {request.metadata.dst_node_id} was not needed: enough faster nodes replied",
+        )
+    )
 
 
 def _timeout_reply(request: Message, timeout: float) -> Message:

@@ -9,7 +9,7 @@ back to each array's own dtype (rounded for integers, thresholded for bools).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol, final, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,10 +18,13 @@ from pollinate.errors import AggregationError
 from pollinate.records import ArrayRecord, MetricRecord, MetricValue
 
 __all__ = [
+    "Aggregator",
     "MetricMeanAccumulator",
+    "WeightedMean",
     "WeightedMeanAccumulator",
     "aggregate_weighted_mean",
     "cast_like",
+    "describe_structure",
 ]
 
 
@@ -67,8 +70,9 @@ class WeightedMeanAccumulator:
             self._scratch = {name: np.empty(a.shape, np.float64) for name, a in arrays.items()}
         elif arrays.structure() != self._structure:
             raise AggregationError(
-                f"{source} has arrays {_describe(arrays.structure())}, but earlier replies had "
-                f"{_describe(self._structure)}; every node must return the same model structure"
+                f"{source} has arrays {describe_structure(arrays.structure())}, but earlier "
+                f"replies had {describe_structure(self._structure)}; every node must return "
+                "the same model structure"
             )
         for name, array in arrays.items():
             scratch = self._scratch[name]
@@ -90,7 +94,8 @@ class WeightedMeanAccumulator:
         return out
 
 
-def _describe(structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> str:
+def describe_structure(structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> str:
+    """A short text for error messages: the first few ``name:dtype[shape]``."""
     shown = ", ".join(f"{n}:{d}{list(s)}" for n, d, s in structure[:4])
     return f"[{shown}{', ...' if len(structure) > 4 else ''}]"
 
@@ -101,6 +106,39 @@ def aggregate_weighted_mean(records: Iterable[tuple[ArrayRecord, float]]) -> Arr
     for arrays, weight in records:
         accumulator.add(arrays, weight)
     return accumulator.result()
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """Combines the nodes' models of one round into one model.
+
+    ``updates`` yields ``(arrays, weight)`` per good reply, in sending order, as the
+    replies arrive; the weight is the node's example count (rules that ignore weights,
+    such as the median, say so). An aggregator that can fold updates in one by one
+    should, so memory stays at one model; order- and distance-based rules buffer.
+    All updates share one structure (names, dtypes, shapes), checked by the caller's
+    first update; an aggregator raises AggregationError for anything it cannot combine
+    and returns ``None`` only when ``updates`` is empty.
+    """
+
+    def aggregate(self, updates: Iterable[tuple[ArrayRecord, float]]) -> ArrayRecord | None:
+        """The combined model, or ``None`` if there were no updates."""
+        ...
+
+
+@final
+class WeightedMean:
+    """The weighted mean of FedAvg, streamed: O(model) memory for any number of nodes."""
+
+    def aggregate(self, updates: Iterable[tuple[ArrayRecord, float]]) -> ArrayRecord | None:
+        """Fold each update in as it arrives; ``None`` if there were none."""
+        accumulator = WeightedMeanAccumulator()
+        for index, (arrays, weight) in enumerate(updates):
+            accumulator.add(arrays, weight, source=f"update {index}")
+        return accumulator.result() if accumulator.count else None
+
+    def __repr__(self) -> str:
+        return "WeightedMean()"
 
 
 class MetricMeanAccumulator:

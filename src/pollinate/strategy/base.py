@@ -25,6 +25,7 @@ from pollinate.records import (
     ArrayRecord,
     ConfigRecord,
     ConfigValue,
+    ErrorCode,
     Message,
     MetricRecord,
     MetricValue,
@@ -88,6 +89,13 @@ class Strategy(ABC):
         """Replies a phase needs to count; fewer stops the run (train) or skips metrics."""
         return 1 if num_sampled else 0
 
+    def keep_first(self, phase: str, num_sampled: int) -> int | None:
+        """With over-selection: stop a phase after this many good replies (None: wait for all)."""
+        return None
+
+    def on_reply(self, server_round: int, phase: str, reply: Message) -> None:  # noqa: B027
+        """Told about every reply, good or not, as it is counted (e.g. to feed a sampler)."""
+
     def start(
         self,
         grid: Grid,
@@ -133,6 +141,7 @@ class Strategy(ABC):
         for server_round in range(1, num_rounds + 1):
             started = time.perf_counter()
             record = RoundRecord(server_round=server_round)
+            grid.begin_round(server_round)
 
             config = _round_config(train_config, server_round)
             messages = self.configure_train(server_round, arrays, config, grid)
@@ -185,26 +194,32 @@ class Strategy(ABC):
     ) -> Iterator[Message]:
         """Good replies only; failures are counted, logged and reported."""
         grid.observer.on_phase_start(server_round, phase, len(messages))
-        for reply in grid.send_and_receive(messages, timeout=timeout):
+        keep_first = self.keep_first(phase, len(messages))
+        for reply in grid.send_and_receive(messages, timeout=timeout, keep_first=keep_first):
+            self.on_reply(server_round, phase, reply)
             error = reply.error
             if error is None:
                 summary.replied += 1
                 grid.observer.on_reply(server_round, phase, ok=True)
                 yield reply
                 continue
-            summary.failed += 1
+            if error.code in (ErrorCode.TIMEOUT, ErrorCode.LATE):
+                summary.late += 1
+            else:
+                summary.failed += 1
             grid.observer.on_reply(server_round, phase, ok=False)
             text = f"node {reply.metadata.src_node_id}: {error.reason}"
             if len(summary.errors) < _MAX_ERRORS_KEPT:
                 summary.errors.append(text)
             log.debug("round %d %s: %s", server_round, phase, text)
-        if summary.failed:
+        if summary.failed or summary.late:
             log.warning(
-                "round %d %s: %d of %d nodes failed; first: %s",
+                "round %d %s: of %d nodes, %d failed and %d were late (discarded); first: %s",
                 server_round,
                 phase,
-                summary.failed,
                 summary.sampled,
+                summary.failed,
+                summary.late,
                 summary.errors[0],
             )
 
@@ -214,7 +229,8 @@ class Strategy(ABC):
             detail = "; ".join(summary.errors) or "no details"
             raise AggregationError(
                 f"round {server_round}: only {summary.replied} of {summary.sampled} nodes "
-                f"replied to {phase} ({summary.failed} failed), {needed} are needed. "
+                f"replied to {phase} ({summary.failed} failed, {summary.late} late), "
+                f"{needed} are needed. "
                 f"First failures: {detail}"
             )
 

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import numpy as np
 
-from pollinate.errors import AggregationError, ConfigError
-from pollinate.records import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict, keys
-from pollinate.sampling import Sampler, UniformSampler
-from pollinate.strategy.aggregate import MetricMeanAccumulator, WeightedMeanAccumulator
+from pollinate.errors import AggregationError, ConfigError, NodeUnavailableError
+from pollinate.records import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    MetricValue,
+    RecordDict,
+    keys,
+)
+from pollinate.sampling import LearningSampler, NodeOutcome, Sampler, UniformSampler
+from pollinate.strategy.aggregate import (
+    Aggregator,
+    MetricMeanAccumulator,
+    WeightedMean,
+    describe_structure,
+)
 from pollinate.strategy.base import Strategy
+from pollinate.strategy.optimizer import ServerOptimizer
 
 if TYPE_CHECKING:
     from pollinate.server.grid import Grid
@@ -42,7 +58,11 @@ class FedAvg(Strategy):
         Fewest nodes to sample, and fewest good replies a phase needs. Too few train
         replies stop the run with an :class:`~pollinate.errors.AggregationError`.
     min_available_nodes:
-        A round waits (up to ``wait_timeout`` s) until this many nodes are connected.
+        A round waits (up to ``wait_timeout`` s) until this many nodes are connected,
+        and until the sampler finds enough nodes that qualify.
+    over_selection:
+        Ask this many times the nodes needed for training and keep the first replies
+        (1.3: ask 130%, keep the first 100%); the rest count as late.
     weight_key:
         The reply metric that weights each node (its number of training examples).
     arrays_key, config_key:
@@ -52,6 +72,12 @@ class FedAvg(Strategy):
         function receives all metrics of the phase at once).
     sampler:
         Chooses the nodes of each round; uniform by default.
+    aggregator:
+        Combines the nodes' models; the streamed weighted mean by default. Robust
+        rules (median, Krum...) plug in here.
+    optimizer:
+        Applied to the aggregate with the current model (server learning rate,
+        momentum, Adam...); none by default, i.e. the aggregate is the next model.
     rng:
         The only source of randomness (node sampling); seed it for reproducible runs.
 
@@ -70,6 +96,7 @@ class FedAvg(Strategy):
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
         wait_timeout: float = 60.0,
+        over_selection: float = 1.0,
         weight_key: str = keys.NUM_EXAMPLES,
         arrays_key: str = keys.ARRAYS,
         config_key: str = keys.CONFIG,
@@ -77,6 +104,8 @@ class FedAvg(Strategy):
         train_metrics_aggr_fn: MetricsAggregationFn | None = None,
         evaluate_metrics_aggr_fn: MetricsAggregationFn | None = None,
         sampler: Sampler | None = None,
+        aggregator: Aggregator | None = None,
+        optimizer: ServerOptimizer | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         for name, value in (
@@ -92,6 +121,8 @@ class FedAvg(Strategy):
         ):
             if not isinstance(count, int) or count < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {count!r}")
+        if not (isinstance(over_selection, (int, float)) and 1.0 <= over_selection <= 10.0):
+            raise ConfigError(f"over_selection must be within [1, 10], got {over_selection!r}")
         if wait_timeout <= 0:
             raise ConfigError(f"wait_timeout must be positive seconds, got {wait_timeout}")
         self.fraction_train = fraction_train
@@ -100,6 +131,8 @@ class FedAvg(Strategy):
         self.min_evaluate_nodes = min_evaluate_nodes
         self.min_available_nodes = min_available_nodes
         self.wait_timeout = wait_timeout
+        self.over_selection = float(over_selection)
+        self._sent_at = time.time()
         self.weight_key = weight_key
         self.arrays_key = arrays_key
         self.config_key = config_key
@@ -107,7 +140,11 @@ class FedAvg(Strategy):
         self.train_metrics_aggr_fn = train_metrics_aggr_fn
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self.sampler: Sampler = sampler if sampler is not None else UniformSampler()
+        self.aggregator: Aggregator = aggregator if aggregator is not None else WeightedMean()
+        self.optimizer = optimizer
         self.rng = rng if rng is not None else np.random.default_rng()
+        #: The global arrays sent in the current round's train instructions.
+        self.current_arrays: ArrayRecord | None = None
 
     def __repr__(self) -> str:
         return (
@@ -117,14 +154,53 @@ class FedAvg(Strategy):
         )
 
     # -- sampling ---------------------------------------------------------------------
-    def _sample(self, server_round: int, grid: Grid, fraction: float, minimum: int) -> list[int]:
+    def _sample(
+        self, server_round: int, grid: Grid, fraction: float, minimum: int, *, phase: str
+    ) -> list[int]:
+        """Ask the sampler for this phase's nodes, waiting (bounded) while too few qualify."""
         if fraction == 0.0:
             return []
-        nodes = grid.wait_for_nodes(
-            max(self.min_available_nodes, minimum), timeout=self.wait_timeout
+        deadline = grid.clock.now() + self.wait_timeout
+        grid.wait_for_nodes(max(self.min_available_nodes, minimum), timeout=self.wait_timeout)
+        while True:
+            nodes = grid.node_info()
+            wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum, 1))
+            if phase == keys.TRAIN and self.over_selection > 1.0:
+                wanted = min(len(nodes), math.ceil(wanted * self.over_selection))
+            try:
+                return self.sampler.sample(nodes, wanted, server_round=server_round, rng=self.rng)
+            except NodeUnavailableError as exc:
+                remaining = deadline - grid.clock.now()
+                if remaining <= 0:
+                    raise NodeUnavailableError(
+                        f"round {server_round}: the sampler found too few nodes for {phase} "
+                        f"within {self.wait_timeout:g} s: {exc}"
+                    ) from None
+                grid.clock.sleep(min(0.5, remaining))
+
+    def keep_first(self, phase: str, num_sampled: int) -> int | None:
+        """With ``over_selection``, the train phase keeps the first 1/over_selection replies."""
+        if phase != keys.TRAIN or self.over_selection <= 1.0:
+            return None
+        return max(1, math.floor(num_sampled / self.over_selection))
+
+    def on_reply(self, server_round: int, phase: str, reply: Message) -> None:
+        """Feed a learning sampler with each node's outcome."""
+        if not isinstance(self.sampler, LearningSampler):
+            return
+        metrics: dict[str, MetricValue] = {}
+        if not reply.has_error():
+            found = reply.content.metric_records.get(self.metrics_key)
+            metrics = dict(found) if found is not None else {}
+        self.sampler.observe(
+            NodeOutcome(
+                node_id=reply.metadata.src_node_id,
+                server_round=server_round,
+                ok=not reply.has_error(),
+                seconds=max(0.0, reply.metadata.created_at - self._sent_at),
+                metrics=metrics,
+            )
         )
-        wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum, 1))
-        return self.sampler.sample(nodes, wanted, server_round=server_round, rng=self.rng)
 
     def _instructions(
         self,
@@ -153,14 +229,21 @@ class FedAvg(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         """Sample ``fraction_train`` of the nodes and send each the global arrays."""
-        node_ids = self._sample(server_round, grid, self.fraction_train, self.min_train_nodes)
+        self.current_arrays = arrays
+        node_ids = self._sample(
+            server_round, grid, self.fraction_train, self.min_train_nodes, phase=keys.TRAIN
+        )
+        self._sent_at = time.time()
         return self._instructions(keys.TRAIN, node_ids, server_round, arrays, config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         """Sample ``fraction_evaluate`` of the nodes and send each the global arrays."""
-        node_ids = self._sample(server_round, grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        node_ids = self._sample(
+            server_round, grid, self.fraction_evaluate, self.min_evaluate_nodes, phase=keys.EVALUATE
+        )
+        self._sent_at = time.time()
         return self._instructions(keys.EVALUATE, node_ids, server_round, arrays, config, grid)
 
     def min_replies(self, phase: str, num_sampled: int) -> int:
@@ -171,19 +254,48 @@ class FedAvg(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Example-weighted mean of the replies' arrays and metrics, streamed."""
-        arrays = WeightedMeanAccumulator()
+        """Aggregate the replies' arrays (streamed) and metrics, then apply the optimizer."""
         metrics = _MetricsCollector(self.weight_key, self.train_metrics_aggr_fn)
-        for reply in replies:
-            source = f"round {server_round}: the train reply of node {reply.metadata.src_node_id}"
-            reply_metrics = self._reply_metrics(reply, source)
-            weight = self._weight(reply_metrics, source)
-            reply_arrays = _get(reply, self.arrays_key, ArrayRecord, source)
-            arrays.add(reply_arrays, weight, source=source)
-            metrics.add(reply_metrics, weight)
-        if arrays.count == 0:
+
+        def updates() -> Iterator[tuple[ArrayRecord, float]]:
+            structure = None
+            for reply in replies:
+                source = (
+                    f"round {server_round}: the train reply of node {reply.metadata.src_node_id}"
+                )
+                update = self.update_from_reply(server_round, reply, source)
+                if update is None:
+                    continue
+                arrays, weight, reply_metrics = update
+                if structure is None:
+                    structure = arrays.structure()
+                elif arrays.structure() != structure:
+                    raise AggregationError(
+                        f"{source} has arrays {describe_structure(arrays.structure())}, but "
+                        f"earlier replies had {describe_structure(structure)}; every node must "
+                        "return the same model structure"
+                    )
+                metrics.add(reply_metrics, weight)
+                yield arrays, weight
+
+        aggregate = self.aggregator.aggregate(updates())
+        if aggregate is None:
             return None, None
-        return arrays.result(), metrics.result()
+        if self.optimizer is not None and self.current_arrays is not None:
+            aggregate = self.optimizer.step(self.current_arrays, aggregate)
+        return aggregate, metrics.result()
+
+    def update_from_reply(
+        self, server_round: int, reply: Message, source: str
+    ) -> tuple[ArrayRecord, float, MetricRecord] | None:
+        """A reply's ``(arrays, weight, metrics)``, or ``None`` to leave it out.
+
+        Subclasses override this to weight or transform updates (FedNova) or to drop
+        some (FedAvg drops partial work). Raises AggregationError for a malformed reply.
+        """
+        reply_metrics = self._reply_metrics(reply, source)
+        weight = self._weight(reply_metrics, source)
+        return _get(reply, self.arrays_key, ArrayRecord, source), weight, reply_metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

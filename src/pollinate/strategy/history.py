@@ -22,6 +22,8 @@ class PhaseSummary:
     sampled: int = 0
     replied: int = 0
     failed: int = 0
+    #: No reply by the deadline, or not needed once enough faster nodes had replied.
+    late: int = 0
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
