@@ -56,10 +56,13 @@ class RunRecorder:
         self._write(status="running")
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Write the final record and the plot."""
+        """Write the final record and start drawing the plot (:meth:`close` waits for it)."""
         self._write(status=status, error=error)
         if self.history.rounds:
-            self._plotter.plot(self.history_path, self.run_dir / "metrics.png")
+            self._plotter.request(self.history_path, self.run_dir / "metrics.png")
+
+    def close(self) -> None:
+        """Wait for the plot and release the helper process."""
         self._plotter.close()
 
     def _write(self, *, status: str, error: str | None = None) -> None:
@@ -94,6 +97,7 @@ class _Plotter:
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
+        self._pending: tuple[Path, Path] | None = None
         if "fork" not in multiprocessing.get_all_start_methods():
             return
         context = multiprocessing.get_context("fork")
@@ -105,10 +109,23 @@ class _Plotter:
         child_conn.close()
         self._conn = parent_conn
 
-    def plot(self, history_path: Path, png_path: Path) -> None:
+    def request(self, history_path: Path, png_path: Path) -> None:
+        """Start drawing; :meth:`wait` finishes it (drawing in this process if needed)."""
+        self._pending = (history_path, png_path)
         if self._conn is not None:
             try:
                 self._conn.send_bytes(json.dumps([str(history_path), str(png_path)]).encode())
+            except OSError:
+                self._conn = None
+
+    def wait(self) -> None:
+        """Block until the requested plot exists."""
+        if self._pending is None:
+            return
+        history_path, png_path = self._pending
+        self._pending = None
+        if self._conn is not None:
+            try:
                 if self._conn.poll(_PLOT_TIMEOUT) and self._conn.recv_bytes() == b"ok":
                     return
             except (OSError, EOFError):
@@ -117,6 +134,7 @@ class _Plotter:
         plot_history(history, png_path)
 
     def close(self) -> None:
+        self.wait()
         if self._conn is not None:
             with contextlib.suppress(OSError):
                 self._conn.send_bytes(b"")

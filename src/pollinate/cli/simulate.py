@@ -139,7 +139,12 @@ def simulate(
     finally:
         display.stop()
         recorder.finish(status, error)
-    console.print(summary_table(recorder.history))
+        if status != "completed":
+            recorder.close()
+    try:
+        console.print(summary_table(recorder.history))
+    finally:
+        recorder.close()
     console.print(
         f"Run record: {recorder.history_path} and {run_dir / 'metrics.png'}", highlight=False
     )
