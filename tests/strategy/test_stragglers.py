@@ -44,3 +44,22 @@ def test_over_selection_is_validated(bad: object) -> None:
 
     with pytest.raises(ConfigError, match="over_selection"):
         FedAvg(over_selection=bad)  # type: ignore[arg-type]
+
+
+def _partial_node(message: Message) -> Message:
+    """Odd nodes are stragglers that completed half of the asked epochs."""
+    reply = linear_node(message)
+    if message.metadata.dst_node_id % 2:
+        reply.content["metrics"]["completed-fraction"] = 0.5
+    return reply
+
+
+@pytest.mark.parametrize(("accept", "expected_nodes"), [(False, [2, 4]), (True, [1, 2, 3, 4])])
+def test_partial_work_is_dropped_unless_accepted(accept: bool, expected_nodes: list[int]) -> None:
+    grid = FakeGrid(_partial_node, node_ids=[1, 2, 3, 4])
+    strategy = FedAvg(
+        fraction_evaluate=0.0, accept_partial_work=accept, rng=np.random.default_rng(0)
+    )
+    result = strategy.start(grid, initial_arrays=_model(), num_rounds=1)
+    expected = sum(n * n for n in expected_nodes) / sum(expected_nodes)
+    np.testing.assert_allclose(result.arrays["w"], [expected] * 2, rtol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FedAvg", "MetricsAggregationFn"]
 
+log = logging.getLogger("pollinate")
+
 _R = TypeVar("_R", ArrayRecord, MetricRecord)
 
 #: Combines ``(metrics, weight)`` pairs of one phase into the round's metrics.
@@ -63,6 +66,10 @@ class FedAvg(Strategy):
     over_selection:
         Ask this many times the nodes needed for training and keep the first replies
         (1.3: ask 130%, keep the first 100%); the rest count as late.
+    accept_partial_work:
+        Whether to aggregate replies whose ``completed-fraction`` metric is below 1
+        (stragglers that did fewer local epochs than asked). FedAvg drops them, as in
+        the FedProx paper's comparison; FedProx keeps them.
     weight_key:
         The reply metric that weights each node (its number of training examples).
     arrays_key, config_key:
@@ -97,6 +104,7 @@ class FedAvg(Strategy):
         min_available_nodes: int = 2,
         wait_timeout: float = 60.0,
         over_selection: float = 1.0,
+        accept_partial_work: bool = False,
         weight_key: str = keys.NUM_EXAMPLES,
         arrays_key: str = keys.ARRAYS,
         config_key: str = keys.CONFIG,
@@ -132,6 +140,7 @@ class FedAvg(Strategy):
         self.min_available_nodes = min_available_nodes
         self.wait_timeout = wait_timeout
         self.over_selection = float(over_selection)
+        self.accept_partial_work = accept_partial_work
         self._sent_at = time.time()
         self.weight_key = weight_key
         self.arrays_key = arrays_key
@@ -294,6 +303,10 @@ class FedAvg(Strategy):
         some (FedAvg drops partial work). Raises AggregationError for a malformed reply.
         """
         reply_metrics = self._reply_metrics(reply, source)
+        completed = reply_metrics.get(keys.COMPLETED_FRACTION, 1.0)
+        if not self.accept_partial_work and isinstance(completed, (int, float)) and completed < 1:
+            log.info("%s: partial work (%.2f of the asked epochs) left out", source, completed)
+            return None
         weight = self._weight(reply_metrics, source)
         return _get(reply, self.arrays_key, ArrayRecord, source), weight, reply_metrics
 
