@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+
+.PHONY: demo test lint proto bench bench-flower-venv clean
+
 # One stamp per set of extras: demo needs only Pollinate, test adds the test tools,
 # lint and proto add the developer tools. A stamp is redone when pyproject.toml changes.
 $(PY):
@@ -16,6 +19,12 @@ $(VENV)/.installed-%: $(PY) pyproject.toml
 
 $(VENV)/.installed-base: $(PY) pyproject.toml
 	$(PIP) install --quiet -e .
+	touch $@
+
+# The tests exercise the PyTorch helpers: pin the CPU build here (a bare `torch`
+# requirement would pull a multi-GB CUDA build); users choose their own torch.
+$(VENV)/.installed-test: $(PY) pyproject.toml
+	$(PIP) install --quiet -e ".[test]" torch==2.13.0
 	touch $@
 
 demo: $(VENV)/.installed-base
@@ -46,7 +55,7 @@ $(FLWR_STAMP):
 
 bench-flower-venv: $(FLWR_STAMP)
 
-bench: $(STAMP) $(FLWR_STAMP)
+bench: $(VENV)/.installed-bench $(FLWR_STAMP)
 	$(PY) benchmarks/simulation.py --flower $(FLWR_VENV)/bin/python
 
 clean:
