@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from pollinate.client import ClientApp
 from pollinate.records import ArrayRecord, Error, ErrorCode, Message, RecordDict
-from pollinate.runtime.nodes import VirtualNodes
-from pollinate.sampling import NodeInfo
-from pollinate.server.grid import Grid
+from pollinate.runtime.nodes import VirtualGrid, VirtualNodes
 from pollinate.strategy.history import RunObserver
 from pollinate.testing.clock import Clock
 
@@ -38,7 +36,7 @@ def readonly_view(content: RecordDict) -> RecordDict:
     return out
 
 
-class InlineGrid(Grid):
+class InlineGrid(VirtualGrid):
     """A Grid whose nodes are called in this process, in the order messages were sent."""
 
     def __init__(
@@ -49,33 +47,16 @@ class InlineGrid(Grid):
         observer: RunObserver | None = None,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(run_id=nodes.run_id, observer=observer, clock=clock)
+        super().__init__(nodes, observer=observer, clock=clock)
         self._app = client_app
-        self._nodes = nodes
         self._pending: dict[str, Message] = {}
 
-    def nodes(self) -> list[int]:
-        return self._nodes.node_ids
-
-    def node_info(self) -> list[NodeInfo]:
-        return self._nodes.node_info()
-
-    def begin_round(self, server_round: int) -> None:
-        self._nodes.current_round = server_round
-
     def send(self, messages: Iterable[Message]) -> list[str]:
-        batch = list(messages)
-        for message in batch:
-            self._nodes.check(message.metadata.dst_node_id)
-        views: dict[int, RecordDict] = {}
         ids = []
-        for message in batch:
-            content = message.content
-            view = views.get(id(content))
-            if view is None:
-                view = views[id(content)] = readonly_view(content)
-            delivered = Message.from_parts(message.metadata, view, None)
-            self._pending[message.metadata.message_id] = delivered
+        for message, view in self._prepare(messages, readonly_view):
+            self._pending[message.metadata.message_id] = Message.from_parts(
+                message.metadata, view, None
+            )
             ids.append(message.metadata.message_id)
         return ids
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pollinate.client import ClientApp
 from pollinate.errors import ConfigError, NodeUnavailableError
 from pollinate.records import ConfigValue, Context, Message, RecordDict, keys
 from pollinate.runtime.profiles import NodeProfile
 from pollinate.sampling import NodeInfo
+from pollinate.server.grid import Grid
+from pollinate.strategy.history import RunObserver
+from pollinate.testing.clock import Clock
 
-__all__ = ["NodeConfigFn", "VirtualNodes"]
+__all__ = ["NodeConfigFn", "VirtualGrid", "VirtualNodes"]
 
 #: Extra node_config for the virtual node with a given partition id.
 NodeConfigFn = Callable[[int], Mapping[str, ConfigValue]]
@@ -119,3 +123,50 @@ class VirtualNodes:
             self._states[node_id] = state
         else:
             self._states.pop(node_id, None)
+
+
+_C = TypeVar("_C")
+
+
+class VirtualGrid(Grid):
+    """What the simulation runtimes share: the virtual federation and its bookkeeping."""
+
+    def __init__(
+        self,
+        nodes: VirtualNodes,
+        *,
+        observer: RunObserver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(run_id=nodes.run_id, observer=observer, clock=clock)
+        self._nodes = nodes
+
+    def nodes(self) -> list[int]:
+        return self._nodes.node_ids
+
+    def node_info(self) -> list[NodeInfo]:
+        return self._nodes.node_info()
+
+    def begin_round(self, server_round: int) -> None:
+        self._nodes.current_round = server_round
+
+    def _prepare(
+        self, messages: Iterable[Message], convert: Callable[[RecordDict], _C]
+    ) -> list[tuple[Message, _C]]:
+        """Check every destination first, then convert each distinct content once.
+
+        Strategies send one content object to all nodes of a round; converting it once
+        (a read-only view, a shared-memory frame) keeps a broadcast O(model).
+        """
+        batch = list(messages)
+        for message in batch:
+            self._nodes.check(message.metadata.dst_node_id)
+        converted: dict[int, _C] = {}
+        prepared = []
+        for message in batch:
+            content = message.content
+            key = id(content)
+            if key not in converted:
+                converted[key] = convert(content)
+            prepared.append((message, converted[key]))
+        return prepared

@@ -42,7 +42,7 @@ from pollinate.client import ClientApp
 from pollinate.errors import ConfigError, SerializationError
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
 from pollinate.runtime.loading import load_object
-from pollinate.runtime.nodes import VirtualNodes
+from pollinate.runtime.nodes import VirtualGrid, VirtualNodes
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
     frame_nbytes,
@@ -51,7 +51,6 @@ from pollinate.serde import (
     recorddict_from_bytes,
     recorddict_to_segments,
 )
-from pollinate.server.grid import Grid
 from pollinate.strategy.history import RunObserver
 from pollinate.testing.clock import Clock
 
@@ -111,7 +110,7 @@ _DEPTH = 1
 _INLINE_REPLY_BYTES = 1 << 20
 
 
-class ProcessGrid(Grid):
+class ProcessGrid(VirtualGrid):
     """A Grid whose virtual nodes run in a pool of worker processes.
 
     Parameters
@@ -133,7 +132,7 @@ class ProcessGrid(Grid):
         observer: RunObserver | None = None,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(run_id=nodes.run_id, observer=observer, clock=clock)
+        super().__init__(nodes, observer=observer, clock=clock)
         if "fork" not in multiprocessing.get_all_start_methods():
             raise ConfigError(
                 "the process runtime needs the 'fork' start method, which this platform "
@@ -143,7 +142,6 @@ class ProcessGrid(Grid):
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"num_workers must be an int >= 1, got {num_workers!r}")
         self._app = client_app
-        self._nodes = nodes
         self._dir = _shared_memory_dir()
         self._context = multiprocessing.get_context("fork")
         self._counter = itertools.count()
@@ -160,34 +158,25 @@ class ProcessGrid(Grid):
             raise
 
     # -- Grid primitives --------------------------------------------------------------
-    def nodes(self) -> list[int]:
-        return self._nodes.node_ids
-
     def node_info(self) -> list[NodeInfo]:
         busy = {t.metadata.dst_node_id for w in self._workers for t in w.tasks}
         busy.update(t.metadata.dst_node_id for t in self._queue)
-        return [replace(info, busy=info.node_id in busy) for info in self._nodes.node_info()]
-
-    def begin_round(self, server_round: int) -> None:
-        self._nodes.current_round = server_round
+        return [replace(info, busy=info.node_id in busy) for info in super().node_info()]
 
     def send(self, messages: Iterable[Message]) -> list[str]:
-        batch = list(messages)
-        for message in batch:
-            self._nodes.check(message.metadata.dst_node_id)
-        written: dict[int, str] = {}
         ids = []
-        for message in batch:
-            content = message.content
-            path = written.get(id(content))
-            if path is None:
-                path = written[id(content)] = str(self._new_path("content"))
-                _write_frame(Path(path), recorddict_to_segments(content))
+        for message, path in self._prepare(messages, self._write_content):
             self._content_refs[path] = self._content_refs.get(path, 0) + 1
             self._queue.append(_Task(message.metadata.message_id, message.metadata, path))
             ids.append(message.metadata.message_id)
         self._dispatch()
         return ids
+
+    def _write_content(self, content: RecordDict) -> str:
+        """Write a broadcast's content once, as a frame every worker maps."""
+        path = self._new_path("content")
+        _write_frame(path, recorddict_to_segments(content))
+        return str(path)
 
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         wanted = set(message_ids)
