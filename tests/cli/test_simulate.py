@@ -31,6 +31,10 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
         (["simulate", str(QUICKSTART), "--runtime", "gpu"], "'gpu' is not one of"),
         (["simulate", str(QUICKSTART), "--nodes", "0"], "0 is not in the range x>=1"),
         (["simulate"], "Missing argument 'APP'"),
+        (
+            ["simulate", str(QUICKSTART), "--node-config", "sim-crash-p=2"],
+            "node_config sim-crash-p=2 must be a number within [0.0, 1.0]",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -118,3 +122,23 @@ def test_quickstart_reaches_the_target_accuracy_and_records_the_run(tmp_path: Pa
     assert history["timings"]["total_seconds"] > 0
     assert (run_dir / "metrics.png").stat().st_size > 10_000
     assert "Run summary" in completed.stderr
+
+
+def test_node_config_profiles_reach_every_node_and_the_record(tmp_path: Path) -> None:
+    code = main(
+        [
+            "simulate",
+            str(QUICKSTART),
+            "--rounds",
+            "2",
+            "--node-config",
+            "sim-unavailable-p=0.5",
+            "--runs-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    (history_file,) = tmp_path.glob("*/history.json")
+    history = json.loads(history_file.read_text())
+    assert history["node_config"] == {"sim-unavailable-p": 0.5}
+    assert sum(r["train"]["failed"] for r in history["rounds"]) > 0

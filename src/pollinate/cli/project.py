@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["Project", "apply_overrides", "load_project", "parse_value"]
+__all__ = ["Project", "apply_overrides", "load_project", "parse_free_items", "parse_value"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,25 @@ def apply_overrides(
             raise ConfigError(f"unknown config key {key!r}{hint} (known keys: {known})")
         config[key] = parse_value(key, text, config[key])
     return config
+
+
+def parse_free_items(items: Iterable[str], *, option: str) -> dict[str, ConfigValue]:
+    """``key=value`` items without defaults to follow: ints, floats and bools are read
+    as such (``true``/``false``), anything else stays a string."""
+    parsed: dict[str, ConfigValue] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r} must look like key=value")
+        value: ConfigValue = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        parsed[key] = value
+    return parsed

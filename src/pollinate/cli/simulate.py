@@ -11,11 +11,12 @@ import click
 from rich.console import Console
 
 from pollinate.cli.display import ProgressDisplay, summary_table
-from pollinate.cli.project import apply_overrides, load_project
+from pollinate.cli.project import apply_overrides, load_project, parse_free_items
 from pollinate.cli.recorder import RunRecorder
 from pollinate.client import ClientApp
 from pollinate.errors import ConfigError
 from pollinate.runtime.loading import load_object
+from pollinate.runtime.profiles import NodeProfile
 from pollinate.runtime.simulation import RUNTIMES, run_simulation
 from pollinate.server import ServerApp
 from pollinate.strategy.history import ObserverGroup
@@ -63,6 +64,13 @@ def _new_run_id() -> int:
     help="Override a config default of the app; repeatable.",
 )
 @click.option(
+    "--node-config",
+    "node_config_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Add to every virtual node's node_config (e.g. sim-unavailable-p=0.2); repeatable.",
+)
+@click.option(
     "--runs-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs"),
@@ -77,11 +85,15 @@ def simulate(
     workers: int | None,
     seed: int | None,
     overrides: tuple[str, ...],
+    node_config_items: tuple[str, ...],
     runs_dir: Path,
 ) -> None:
     """Simulate APP (a project directory) over virtual nodes on this machine."""
     project = load_project(app)
     run_config = apply_overrides(project.config, overrides)
+    extra_node_config = parse_free_items(node_config_items, option="--node-config")
+    if extra_node_config:
+        NodeProfile.from_config(extra_node_config)  # a bad profile is an error now, not later
     if rounds is not None:
         run_config["num-server-rounds"] = rounds
     if seed is not None:
@@ -109,6 +121,7 @@ def simulate(
             "num_nodes": nodes,
             "seed": run_config.get("seed"),
             "config": run_config,
+            "node_config": extra_node_config,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
@@ -129,6 +142,7 @@ def simulate(
             run_config=run_config,
             runtime=chosen,
             num_workers=workers,
+            node_config_fn=(lambda _: extra_node_config) if extra_node_config else None,
             observer=ObserverGroup(display, recorder),
             run_id=run_id,
         )
