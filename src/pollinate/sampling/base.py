@@ -10,7 +10,15 @@ import numpy as np
 
 from pollinate.records import ConfigValue
 
-__all__ = ["LearningSampler", "NodeInfo", "NodeOutcome", "Sampler"]
+__all__ = [
+    "FilteringSampler",
+    "LearningSampler",
+    "NodeInfo",
+    "NodeOutcome",
+    "Sampler",
+    "eligible",
+    "qualifies",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class NodeOutcome:
     ok: bool
     seconds: float | None = None
     metrics: Mapping[str, float | int | list[int] | list[float]] = field(default_factory=dict)
+    #: "train" or "evaluate": which phase of the round the instruction belonged to.
+    phase: str = "train"
 
 
 @runtime_checkable
@@ -77,3 +87,26 @@ class LearningSampler(Sampler, Protocol):
     def observe(self, outcome: NodeOutcome) -> None:
         """Record one node's result of one instruction."""
         ...
+
+
+@runtime_checkable
+class FilteringSampler(Sampler, Protocol):
+    """A sampler that only ever picks nodes passing a test (availability, attributes...).
+
+    Strategies size a round by the nodes that qualify, so ``fraction_train=1.0`` means
+    every qualifying node, not every known one.
+    """
+
+    def qualifies(self, node: NodeInfo) -> bool:
+        """Whether this sampler may pick ``node`` (including its inner samplers' tests)."""
+        ...
+
+
+def qualifies(sampler: Sampler, node: NodeInfo) -> bool:
+    """``sampler.qualifies(node)`` for filtering samplers; ``True`` for the others."""
+    return sampler.qualifies(node) if isinstance(sampler, FilteringSampler) else True
+
+
+def eligible(sampler: Sampler, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
+    """The nodes ``sampler`` may pick from."""
+    return [node for node in nodes if qualifies(sampler, node)]

@@ -20,7 +20,7 @@ from pollinate.records import (
     RecordDict,
     keys,
 )
-from pollinate.sampling import LearningSampler, NodeOutcome, Sampler, UniformSampler
+from pollinate.sampling import LearningSampler, NodeOutcome, Sampler, UniformSampler, eligible
 from pollinate.strategy.aggregate import (
     Aggregator,
     MetricMeanAccumulator,
@@ -173,9 +173,13 @@ class FedAvg(Strategy):
         grid.wait_for_nodes(max(self.min_available_nodes, minimum), timeout=self.wait_timeout)
         while True:
             nodes = grid.node_info()
-            wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum, 1))
-            if phase == keys.TRAIN and self.over_selection > 1.0:
-                wanted = min(len(nodes), math.ceil(wanted * self.over_selection))
+            # Size the round by the nodes the sampler may pick, not all known ones.
+            pool = len(eligible(self.sampler, nodes))
+            wanted = max(int(pool * fraction), minimum, 1)
+            if phase == keys.TRAIN and self.over_selection > 1.0 and pool >= wanted:
+                wanted = min(pool, math.ceil(wanted * self.over_selection))
+            if pool >= max(minimum, 1):
+                wanted = min(wanted, pool)
             try:
                 return self.sampler.sample(nodes, wanted, server_round=server_round, rng=self.rng)
             except NodeUnavailableError as exc:
@@ -205,6 +209,7 @@ class FedAvg(Strategy):
             NodeOutcome(
                 node_id=reply.metadata.src_node_id,
                 server_round=server_round,
+                phase=phase,
                 ok=not reply.has_error(),
                 seconds=max(0.0, reply.metadata.created_at - self._sent_at),
                 metrics=metrics,

@@ -15,8 +15,9 @@ from pollinate.records import ArrayRecord, Message, RecordDict, keys
 from pollinate.server.grid import Grid
 from pollinate.strategy.base import Strategy
 from pollinate.testing.fakes import FakeGrid, linear_node, make_error_reply
+from pollinate.testing.sampler_conformance import check_sampler
 
-__all__ = ["check_grid", "check_strategy"]
+__all__ = ["check_grid", "check_sampler", "check_strategy"]
 
 
 def _model() -> ArrayRecord:
