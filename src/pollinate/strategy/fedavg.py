@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypedDict, TypeVar
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from pollinate.strategy.optimizer import ServerOptimizer
 if TYPE_CHECKING:
     from pollinate.server.grid import Grid
 
-__all__ = ["FedAvg", "MetricsAggregationFn"]
+__all__ = ["FedAvg", "FedAvgKwargs", "MetricsAggregationFn"]
 
 log = logging.getLogger("pollinate")
 
@@ -41,6 +41,33 @@ _R = TypeVar("_R", ArrayRecord, MetricRecord)
 
 #: Combines ``(metrics, weight)`` pairs of one phase into the round's metrics.
 MetricsAggregationFn: TypeAlias = Callable[[list[tuple[MetricRecord, float]]], MetricRecord]
+
+
+class FedAvgKwargs(TypedDict, total=False):
+    """FedAvg's keyword arguments except ``optimizer``; documented on :class:`FedAvg`.
+
+    Strategies that are FedAvg plus a fixed optimizer take ``**kwargs:
+    Unpack[FedAvgKwargs]`` so FedAvg's parameters are typed and documented once. A test
+    checks that it lists exactly FedAvg's parameters but ``optimizer``.
+    """
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+    wait_timeout: float
+    over_selection: float
+    accept_partial_work: bool
+    weight_key: str
+    arrays_key: str
+    config_key: str
+    metrics_key: str
+    train_metrics_aggr_fn: MetricsAggregationFn | None
+    evaluate_metrics_aggr_fn: MetricsAggregationFn | None
+    sampler: Sampler | None
+    aggregator: Aggregator | None
+    rng: np.random.Generator | None
 
 
 class FedAvg(Strategy):
@@ -225,8 +252,7 @@ class FedAvg(Strategy):
         config: ConfigRecord,
         grid: Grid,
     ) -> list[Message]:
-        # One content object shared by all instructions: runtimes serialize it once.
-        content = RecordDict({self.arrays_key: arrays, self.config_key: config})
+        content = self.instruction_content(message_type, server_round, arrays, config)
         return [
             Message(
                 content,
@@ -295,9 +321,22 @@ class FedAvg(Strategy):
         aggregate = self.aggregator.aggregate(updates())
         if aggregate is None:
             return None, None
+        aggregate = self.finalize_aggregate(server_round, aggregate)
         if self.optimizer is not None and self.current_arrays is not None:
             aggregate = self.optimizer.step(self.current_arrays, aggregate)
         return aggregate, metrics.result()
+
+    def finalize_aggregate(self, server_round: int, aggregate: ArrayRecord) -> ArrayRecord:
+        """Turn the aggregator's result into the model the optimizer sees (FedNova
+        rescales here); the aggregate itself by default."""
+        return aggregate
+
+    def instruction_content(
+        self, message_type: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> RecordDict:
+        """The content every node of a phase receives (one object shared by all of them,
+        so runtimes serialize it once). Subclasses add records here (SCAFFOLD's control)."""
+        return RecordDict({self.arrays_key: arrays, self.config_key: config})
 
     def update_from_reply(
         self, server_round: int, reply: Message, source: str

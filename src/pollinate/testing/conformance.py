@@ -26,8 +26,17 @@ def _model() -> ArrayRecord:
     )
 
 
-def check_strategy(factory: Callable[[int], Strategy], *, num_rounds: int = 3) -> None:
+def check_strategy(
+    factory: Callable[[int], Strategy],
+    *,
+    num_rounds: int = 3,
+    node: Callable[[Message], Message] = linear_node,
+) -> None:
     """Check a strategy built by ``factory(seed)`` for the promises of the round loop.
+
+    ``node`` plays every node's part (it must be deterministic and stateless); the
+    default returns the global arrays shifted by the node id. Strategies that need more
+    from nodes (local steps, control variates) pass a node that provides it.
 
     - same seed, same nodes and same final arrays; the inputs are never mutated;
     - error replies are counted as failures and left out of aggregation;
@@ -43,8 +52,8 @@ def check_strategy(factory: Callable[[int], Strategy], *, num_rounds: int = 3) -
         result = factory(seed).start(grid, initial_arrays=initial, num_rounds=num_rounds)
         return result.arrays, [m.metadata.dst_node_id for m in grid.sent]
 
-    first, nodes_first = run(7, linear_node)
-    second, nodes_second = run(7, linear_node)
+    first, nodes_first = run(7, node)
+    second, nodes_second = run(7, node)
     assert nodes_first == nodes_second, "same seed must sample the same nodes in the same order"
     assert first == second, "same seed must give bit-identical final arrays"
     assert initial == pristine, "the strategy mutated the initial arrays"
@@ -53,7 +62,7 @@ def check_strategy(factory: Callable[[int], Strategy], *, num_rounds: int = 3) -
     def half_fail(message: Message) -> Message:
         if message.metadata.dst_node_id % 2:
             return make_error_reply(message)
-        return linear_node(message)
+        return node(message)
 
     grid = FakeGrid(half_fail, node_ids=range(1, 21))
     result = factory(7).start(grid, initial_arrays=initial, num_rounds=1)
