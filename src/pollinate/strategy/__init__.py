@@ -28,6 +28,7 @@ from pollinate.strategy.fedopt import (
     ServerSGD,
     Yogi,
 )
+from pollinate.strategy.fedprox import FedProx
 from pollinate.strategy.history import History, PhaseSummary, RoundRecord, RunObserver
 from pollinate.strategy.optimizer import ServerOptimizer
 from pollinate.strategy.qfedavg import QFedAvg
@@ -44,6 +45,7 @@ __all__ = [
     "FedAvgKwargs",
     "FedAvgM",
     "FedNova",
+    "FedProx",
     "FedYogi",
     "History",
     "MetricMeanAccumulator",
