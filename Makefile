@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint proto bench bench-flower-venv clean
+.PHONY: demo test lint proto bench bench-flower-venv bench-serde bench-fedprox bench-byzantine clean
 
 # One stamp per set of extras: demo needs only Pollinate, test adds the test tools,
 # lint and proto add the developer tools. A stamp is redone when pyproject.toml changes.
@@ -57,6 +57,16 @@ bench-flower-venv: $(FLWR_STAMP)
 
 bench: $(VENV)/.installed-bench $(FLWR_STAMP)
 	$(PY) benchmarks/simulation.py --flower $(FLWR_VENV)/bin/python
+
+# Paper reproductions and micro-benchmarks; each writes benchmarks/results/<name>.*
+bench-serde: $(VENV)/.installed-bench
+	$(PY) benchmarks/serde.py
+
+bench-fedprox: $(VENV)/.installed-bench
+	$(PY) benchmarks/fedprox_synthetic.py
+
+bench-byzantine: $(VENV)/.installed-bench
+	$(PY) benchmarks/byzantine.py
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
