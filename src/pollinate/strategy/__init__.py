@@ -32,9 +32,16 @@ from pollinate.strategy.fedprox import FedProx
 from pollinate.strategy.history import History, PhaseSummary, RoundRecord, RunObserver
 from pollinate.strategy.optimizer import ServerOptimizer
 from pollinate.strategy.qfedavg import QFedAvg
+from pollinate.strategy.robust import Bulyan, FedMedian, Krum, Median, MultiKrum, TrimmedMean
 from pollinate.strategy.scaffold import Scaffold
 
 __all__ = [
+    "TrimmedMean",
+    "MultiKrum",
+    "Median",
+    "Krum",
+    "FedMedian",
+    "Bulyan",
     "Adagrad",
     "Adam",
     "Aggregator",
