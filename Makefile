@@ -40,8 +40,14 @@ lint: $(VENV)/.installed-dev
 # Regenerates the checked-in protobuf code from proto/ (needs grpcio-tools, in [dev]).
 proto: $(VENV)/.installed-dev
 	$(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--python_out=src/pollinate/serde/_proto --mypy_out=src/pollinate/serde/_proto \
+		--grpc_python_out=src/pollinate/serde/_proto --mypy_grpc_out=src/pollinate/serde/_proto \
 		proto/pollinate/v1/*.proto
+	# protoc writes imports relative to proto/; the package lives under pollinate.serde._proto.
+	sed -i 's/^from pollinate\.v1 import/from pollinate.serde._proto.pollinate.v1 import/' \
+		src/pollinate/serde/_proto/pollinate/v1/*_grpc.py src/pollinate/serde/_proto/pollinate/v1/*_grpc.pyi
+	rm -f src/pollinate/serde/_proto/pollinate/v1/envelope_pb2_grpc.py*
 
 # The simulation benchmark (not part of the tests): Pollinate, and Flower 1.42 in its own
 # venv for comparison. Results go to benchmarks/results/simulation.md.

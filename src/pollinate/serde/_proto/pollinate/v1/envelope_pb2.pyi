@@ -210,7 +210,7 @@ class Error(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """Why the reply failed. Known codes: 0 UNKNOWN, 1 CLIENT_APP_RAISED, 2 NO_HANDLER,
-    3 BAD_REPLY, 4 NODE_UNAVAILABLE, 5 TIMEOUT, 6 WORKER_CRASHED. Readers must accept
+    3 BAD_REPLY, 4 NODE_UNAVAILABLE, 5 TIMEOUT, 6 WORKER_CRASHED, 7 LATE. Readers must accept
     other values (newer writers may add codes) and pass them on as plain integers.
     """
     reason: _builtins.str

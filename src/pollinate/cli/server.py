@@ -1,0 +1,96 @@
+"""``pollinate server``: the coordinator of a deployment."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from pollinate.errors import ConfigError
+
+__all__ = ["server"]
+
+
+@click.command()
+@click.option(
+    "--address",
+    default="0.0.0.0:9092",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where nodes and the CLI connect.",
+)
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The SQLite state file (created if missing); a restart resumes from it.",
+)
+@click.option(
+    "--certificates",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory with server.pem and server.key (`pollinate certificates DIR`).",
+)
+@click.option("--insecure", is_flag=True, help="Plaintext gRPC, for tests on one machine.")
+@click.option(
+    "--authorized-keys",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Only nodes whose public key is listed here may connect.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds; a node silent for two intervals is dead.",
+)
+def server(
+    address: str,
+    state: Path,
+    certificates: Path | None,
+    insecure: bool,
+    authorized_keys: Path | None,
+    heartbeat_interval: float,
+) -> None:
+    """Run the coordinator: nodes connect here, runs are submitted here."""
+    from pollinate.runtime.grpc import security
+    from pollinate.runtime.grpc.server import ServerSettings, serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if certificates is None and not insecure:
+        raise ConfigError(
+            "give --certificates DIR (TLS) or --insecure (plaintext); create "
+            "test certificates with `pollinate certificates DIR`"
+        )
+    if certificates is not None and insecure:
+        raise ConfigError("--certificates and --insecure exclude each other")
+    credentials = None
+    root = None
+    if certificates is not None:
+        credentials = security.tls_server_credentials(
+            security.load_server_credentials(certificates)
+        )
+        root = certificates / "ca.pem"
+    else:
+        logging.getLogger("pollinate.server").warning(
+            "--insecure: traffic is plaintext and unauthenticated; use only on a trusted network"
+        )
+    verifier = None
+    if authorized_keys is not None:
+        verifier = security.RequestVerifier(security.load_authorized_keys(authorized_keys))
+    settings = ServerSettings(
+        address=address,
+        state=state,
+        credentials=credentials,
+        root_certificate=root if root is not None and root.is_file() else None,
+        verifier=verifier,
+        heartbeat_interval=heartbeat_interval,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve(settings, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()

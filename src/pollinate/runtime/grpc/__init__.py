@@ -1,0 +1,1 @@
+"""Deployment over gRPC: server, node agent, state, security."""

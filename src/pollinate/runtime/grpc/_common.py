@@ -1,0 +1,58 @@
+"""What the server, the node agent and the ServerApp process share: metadata names,
+channel options, and the translation of gRPC errors into Pollinate's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import grpc
+
+from pollinate.errors import NodeUnavailableError, ProtocolError, TransportError
+from pollinate.runtime.grpc.chunks import GRPC_MESSAGE_LIMIT
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "NODE_ID_KEY",
+    "RUN_TOKEN_KEY",
+    "metadata_value",
+    "translate_rpc_error",
+]
+
+NODE_ID_KEY: Final = "x-pollinate-node-id"
+RUN_TOKEN_KEY: Final = "x-pollinate-run-token"
+
+#: Both ends accept one chunk plus its fields; keepalives notice dead peers.
+CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    """The value of ``key`` in gRPC metadata, as text."""
+    for name, value in metadata or ():
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def translate_rpc_error(error: grpc.RpcError, what: str) -> TransportError | ProtocolError:
+    """A Pollinate error for a failed call: the one place grpc errors are translated."""
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else str(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return NodeUnavailableError(f"{what}: the server is unreachable ({details})")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return ProtocolError(f"{what}: refused by the server: {details}")
+    if code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return ProtocolError(f"{what}: {details}")
+    return TransportError(f"{what}: {code.name if code else 'error'}: {details}")

@@ -1,0 +1,139 @@
+"""Frames in pieces: how payloads of any size cross gRPC.
+
+A frame (see :mod:`pollinate.serde`) is cut into :class:`Chunk` messages of at most
+4 MiB, each with the SHA-256 of its bytes. The receiver checks the transfer id, the
+order, every hash and the announced size, and refuses a transfer larger than its limit
+before allocating anything. Both ends hold at most one frame plus one chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Final
+
+from pollinate.errors import ProtocolError
+from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
+
+__all__ = ["MAX_CHUNK_BYTES", "ChunkAssembler", "iter_chunks", "read_frames"]
+
+#: Bytes of frame per chunk (gRPC's default message limit is 4 MiB; the channel options
+#: leave room for the chunk's own fields).
+MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024 - 64 * 1024
+#: The gRPC message size both ends allow: one chunk and its fields.
+GRPC_MESSAGE_LIMIT: Final = 5 * 1024 * 1024
+
+
+def iter_chunks(
+    transfer_id: str,
+    segments: Sequence[bytes | memoryview],
+    *,
+    chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> Iterator[pb.Chunk]:
+    """Cut a frame, given as its segments, into hashed chunks without joining it first."""
+    views = [memoryview(s).cast("B") for s in segments]
+    total = sum(v.nbytes for v in views)
+    index = 0
+    pending: list[memoryview] = []
+    pending_bytes = 0
+
+    def make(last: bool) -> pb.Chunk:
+        data = b"".join(pending)
+        return pb.Chunk(
+            transfer_id=transfer_id,
+            total_size=total,
+            index=index,
+            data=data,
+            sha256=hashlib.sha256(data).digest(),
+            last=last,
+        )
+
+    sent = 0
+    for view in views:
+        offset = 0
+        while offset < view.nbytes:
+            take = min(chunk_bytes - pending_bytes, view.nbytes - offset)
+            pending.append(view[offset : offset + take])
+            pending_bytes += take
+            offset += take
+            if pending_bytes == chunk_bytes:
+                sent += pending_bytes
+                yield make(last=sent == total)
+                index += 1
+                pending, pending_bytes = [], 0
+    if pending_bytes or total == 0:
+        yield make(last=True)
+
+
+class ChunkAssembler:
+    """Reassembles one transfer, checking everything a peer could get wrong."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.transfer_id = ""
+        self._buffer: bytearray | None = None
+        self._received = 0
+        self._next_index = 0
+        self.complete = False
+
+    def add(self, chunk: pb.Chunk) -> bool:
+        """Take the next chunk; returns True once the transfer is complete."""
+        if self.complete:
+            raise ProtocolError(f"transfer {self.transfer_id!r}: a chunk arrived after the last")
+        if self._buffer is None:
+            if chunk.total_size > self.max_bytes:
+                raise ProtocolError(
+                    f"transfer {chunk.transfer_id!r} announces {chunk.total_size} bytes, more "
+                    f"than the {self.max_bytes} this end accepts"
+                )
+            self.transfer_id = chunk.transfer_id
+            self._buffer = bytearray(chunk.total_size)
+        if chunk.transfer_id != self.transfer_id:
+            raise ProtocolError(
+                f"chunk of transfer {chunk.transfer_id!r} inside transfer {self.transfer_id!r}"
+            )
+        if chunk.index != self._next_index:
+            raise ProtocolError(
+                f"transfer {self.transfer_id!r}: chunk {chunk.index} arrived, "
+                f"{self._next_index} was expected"
+            )
+        if chunk.total_size != len(self._buffer):
+            raise ProtocolError(f"transfer {self.transfer_id!r}: the total size changed")
+        data = chunk.data
+        if hashlib.sha256(data).digest() != chunk.sha256:
+            raise ProtocolError(
+                f"transfer {self.transfer_id!r}: chunk {chunk.index} fails its SHA-256 check"
+            )
+        end = self._received + len(data)
+        if end > len(self._buffer):
+            raise ProtocolError(
+                f"transfer {self.transfer_id!r}: more bytes than the announced {len(self._buffer)}"
+            )
+        self._buffer[self._received : end] = data
+        self._received = end
+        self._next_index += 1
+        if chunk.last:
+            if self._received != len(self._buffer):
+                raise ProtocolError(
+                    f"transfer {self.transfer_id!r} ended after {self._received} of "
+                    f"{len(self._buffer)} bytes"
+                )
+            self.complete = True
+        return self.complete
+
+    def frame(self) -> memoryview:
+        """The reassembled frame (once complete)."""
+        if not self.complete or self._buffer is None:
+            raise ProtocolError(f"transfer {self.transfer_id!r} is incomplete")
+        return memoryview(self._buffer)
+
+
+def read_frames(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> Iterator[tuple[str, memoryview]]:
+    """The frames of a stream of consecutive transfers, as ``(transfer_id, frame)``."""
+    assembler = ChunkAssembler(max_bytes=max_bytes)
+    for chunk in chunks:
+        if assembler.add(chunk):
+            yield assembler.transfer_id, assembler.frame()
+            assembler = ChunkAssembler(max_bytes=max_bytes)
+    if assembler.transfer_id and not assembler.complete:
+        raise ProtocolError(f"transfer {assembler.transfer_id!r} was cut off")

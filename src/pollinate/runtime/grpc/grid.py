@@ -1,0 +1,123 @@
+"""GrpcGrid: the Grid a run's ServerApp uses when it runs under a Pollinate server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import grpc
+
+from pollinate.errors import NodeUnavailableError
+from pollinate.records import Message, RecordDict
+from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
+from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
+from pollinate.sampling import NodeInfo
+from pollinate.serde import (
+    message_from_bytes,
+    message_to_segments,
+    recorddict_from_bytes,
+    recorddict_to_segments,
+)
+from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
+from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
+from pollinate.server.grid import Grid
+from pollinate.strategy.history import RunObserver
+
+__all__ = ["GrpcGrid"]
+
+
+class GrpcGrid(Grid):
+    """Messages go through the server, which stores them and streams them to nodes."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        run_id: int,
+        token: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        observer: RunObserver | None = None,
+        max_frame_bytes: int = 8 * 1024**3,
+    ) -> None:
+        super().__init__(run_id=run_id, observer=observer)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        self._stub = rpc.GridIoStub(self._channel)
+        self._metadata: tuple[tuple[str, str | bytes], ...] = ((RUN_TOKEN_KEY, token),)
+        self._max_frame_bytes = max_frame_bytes
+
+    def node_info(self) -> list[NodeInfo]:
+        try:
+            response = self._stub.ListNodes(
+                pb.ListNodesRequest(), metadata=self._metadata, timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, "listing nodes") from None
+        return sorted(
+            (
+                NodeInfo(n.node_id, attributes=dict(n.attributes), online=n.online)
+                for n in response.nodes
+            ),
+            key=lambda info: info.node_id,
+        )
+
+    def nodes(self) -> list[int]:
+        return [info.node_id for info in self.node_info() if info.online]
+
+    def send(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            segments = message_to_segments(message)
+            try:
+                self._stub.Send(
+                    iter_chunks(message.metadata.message_id, segments),
+                    metadata=self._metadata,
+                    timeout=600,
+                )
+            except grpc.RpcError as exc:
+                error = translate_rpc_error(exc, "sending an instruction")
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NodeUnavailableError(str(error)) from None
+                raise error from None
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
+        request = pb.ReceiveRequest(message_ids=list(message_ids), timeout=timeout)
+        call = self._stub.Receive(request, metadata=self._metadata, timeout=timeout + 30)
+        try:
+            for _, frame in read_frames(call, max_bytes=self._max_frame_bytes):
+                yield message_from_bytes(frame)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise translate_rpc_error(exc, "receiving replies") from None
+        finally:
+            call.cancel()
+
+    def save_checkpoint(self, server_round: int, state: RecordDict) -> None:
+        """Store a completed round's state on the server (it survives a server restart)."""
+        metadata = (*self._metadata, ("x-pollinate-round", str(server_round)))
+        try:
+            self._stub.SaveCheckpoint(
+                iter_chunks(f"checkpoint-{server_round}", recorddict_to_segments(state)),
+                metadata=metadata,
+                timeout=600,
+            )
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, "saving a checkpoint") from None
+
+    def load_checkpoint(self) -> tuple[int, RecordDict] | None:
+        """The latest valid checkpoint of this run, if any."""
+        call = self._stub.LoadCheckpoint(
+            pb.CheckpointRequest(), metadata=self._metadata, timeout=600
+        )
+        try:
+            for transfer_id, frame in read_frames(call, max_bytes=self._max_frame_bytes):
+                return int(transfer_id.rsplit("-", 1)[1]), recorddict_from_bytes(frame)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, "loading a checkpoint") from None
+        return None
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,240 @@
+"""The node agent: runs next to the data, pulls work, runs the local ClientApp.
+
+A node only ever runs the ClientApp installed on its own machine: instructions carry
+data, never code. It registers, keeps a heartbeat going on its own thread (so a long
+training call never looks like a dead node), receives instructions on a stream as soon
+as they exist, and pushes each reply back, retrying until the server acknowledges it
+(replies are de-duplicated by id, so a retry never counts twice). When the connection
+drops it reconnects with exponential backoff and jitter, saying so in its log. The
+first connection fails fast with a clear error instead, so a wrong address is noticed
+within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from pollinate.client import ClientApp
+from pollinate.errors import NodeUnavailableError, ProtocolError
+from pollinate.records import ConfigValue, Context, Error, ErrorCode, Message, RecordDict
+from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, NODE_ID_KEY, translate_rpc_error
+from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks
+from pollinate.runtime.grpc.security import RequestSigner
+from pollinate.serde import message_from_bytes, message_to_segments
+from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
+from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
+
+__all__ = ["NodeAgent", "NodeSettings"]
+
+log = logging.getLogger("pollinate.node")
+
+
+@dataclass
+class NodeSettings:
+    """Who this node is and how it reaches its server."""
+
+    server: str
+    app: ClientApp
+    app_name: str
+    app_version: str
+    node_config: dict[str, ConfigValue] = field(default_factory=dict)
+    channel_credentials: grpc.ChannelCredentials | None = None
+    signer: RequestSigner | None = None
+    connect_timeout: float = 10.0
+    max_backoff: float = 30.0
+    max_frame_bytes: int = 8 * 1024**3
+
+
+class NodeAgent:
+    """Connects, serves instructions, reconnects; :meth:`run` returns when stopped."""
+
+    def __init__(self, settings: NodeSettings, *, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.node_id = 0
+        self._states: dict[int, RecordDict] = {}  # Context.state per run
+
+    # -- connection -------------------------------------------------------------------
+    def _channel(self) -> grpc.Channel:
+        if self.settings.channel_credentials is not None:
+            return grpc.secure_channel(
+                self.settings.server, self.settings.channel_credentials, options=CHANNEL_OPTIONS
+            )
+        return grpc.insecure_channel(self.settings.server, options=CHANNEL_OPTIONS)
+
+    def _metadata(self, method: str) -> tuple[tuple[str, str | bytes], ...]:
+        entries: list[tuple[str, str | bytes]] = [(NODE_ID_KEY, str(self.node_id))]
+        if self.settings.signer is not None:
+            entries += self.settings.signer.sign(method, self.node_id or None)
+        return tuple(entries)
+
+    def run(self) -> None:
+        """Serve until stopped. Raises NodeUnavailableError if the first connection fails,
+        and ProtocolError if the server refuses this node (bad key, wrong app...)."""
+        attempt = 0
+        connected_once = False
+        while not self.stop.is_set():
+            channel = self._channel()
+            try:
+                grpc.channel_ready_future(channel).result(timeout=self.settings.connect_timeout)
+                self._serve(rpc.FleetStub(channel))
+                attempt = 0
+            except grpc.FutureTimeoutError:
+                if not connected_once:
+                    raise NodeUnavailableError(
+                        f"cannot reach a Pollinate server at {self.settings.server} within "
+                        f"{self.settings.connect_timeout:g} s; check --server and that the "
+                        "server runs (and TLS settings match)"
+                    ) from None
+            except grpc.RpcError as exc:
+                error = translate_rpc_error(exc, "node")
+                if isinstance(error, ProtocolError) and not connected_once:
+                    raise error from None
+                log.warning("connection lost: %s", error)
+            finally:
+                channel.close()
+            connected_once = connected_once or self.node_id != 0
+            if self.stop.is_set():
+                return
+            delay = min(self.settings.max_backoff, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            attempt += 1
+            log.warning(
+                "reconnecting to %s in %.1f s (attempt %d)", self.settings.server, delay, attempt
+            )
+            self.stop.wait(delay)
+
+    def _serve(self, stub: rpc.FleetStub) -> None:
+        response = stub.Register(
+            pb.RegisterRequest(
+                app_name=self.settings.app_name,
+                app_version=self.settings.app_version,
+                attributes={k: str(v) for k, v in self.settings.node_config.items()},
+                node_id=self.node_id,
+            ),
+            metadata=self._metadata("Register"),
+            timeout=self.settings.connect_timeout,
+        )
+        self.node_id = int(response.node_id)
+        log.warning("connected to %s as node %d", self.settings.server, self.node_id)
+        beat = threading.Event()
+        heart = threading.Thread(
+            target=self._heartbeat,
+            args=(stub, float(response.heartbeat_interval), beat),
+            name="heartbeat",
+            daemon=True,
+        )
+        heart.start()
+        deliveries = stub.Subscribe(
+            pb.SubscribeRequest(node_id=self.node_id), metadata=self._metadata("Subscribe")
+        )
+        stopper = threading.Thread(
+            target=self._cancel_on_stop, args=(deliveries, beat), daemon=True
+        )
+        stopper.start()
+        try:
+            for message, run_info in self._instructions(deliveries):
+                self._push(stub, self._handle(message, run_info))
+        finally:
+            beat.set()
+            deliveries.cancel()
+
+    def _cancel_on_stop(self, call: Any, done: threading.Event) -> None:
+        while not done.wait(0.2):
+            if self.stop.is_set():
+                call.cancel()
+                return
+
+    def _heartbeat(self, stub: rpc.FleetStub, interval: float, done: threading.Event) -> None:
+        while not done.wait(interval):
+            try:
+                answer = stub.Heartbeat(
+                    pb.HeartbeatRequest(node_id=self.node_id),
+                    metadata=self._metadata("Heartbeat"),
+                    timeout=interval,
+                )
+                if not answer.known:
+                    log.warning("the server no longer knows node %d; re-registering", self.node_id)
+            except grpc.RpcError as exc:
+                log.warning("heartbeat failed: %s", translate_rpc_error(exc, "heartbeat"))
+
+    # -- work -------------------------------------------------------------------------
+    def _instructions(
+        self, deliveries: Iterator[pb.Delivery]
+    ) -> Iterator[tuple[Message, pb.Delivery]]:
+        assembler: ChunkAssembler | None = None
+        first: pb.Delivery | None = None
+        for delivery in deliveries:
+            if delivery.WhichOneof("kind") != "chunk":
+                continue
+            if assembler is None:
+                assembler = ChunkAssembler(max_bytes=self.settings.max_frame_bytes)
+                first = delivery
+            if assembler.add(delivery.chunk):
+                assert first is not None
+                yield message_from_bytes(assembler.frame()), first
+                assembler, first = None, None
+
+    def _handle(self, message: Message, run_info: pb.Delivery) -> Message:
+        wanted = (run_info.app_name, run_info.app_version)
+        have = (self.settings.app_name, self.settings.app_version)
+        if wanted != have:
+            reason = (
+                f"this node runs {have[0]} {have[1]}; run {message.metadata.run_id} "
+                f"needs {wanted[0]} {wanted[1]}"
+            )
+            log.warning("refusing an instruction: %s", reason)
+            return message.reply(error=Error(ErrorCode.NO_HANDLER, reason))
+        run_id = message.metadata.run_id
+        try:
+            run_config = json.loads(run_info.run_config_json or "{}")
+        except json.JSONDecodeError:
+            run_config = {}
+        context = Context(
+            run_id=run_id,
+            node_id=self.node_id,
+            node_config=dict(self.settings.node_config),
+            run_config=run_config,
+            state=self._states.setdefault(run_id, RecordDict()),
+        )
+        started = time.monotonic()
+        reply = self.settings.app(message, context)
+        self._states[run_id] = context.state
+        log.info(
+            "%s for run %d in %.2f s%s",
+            message.metadata.message_type,
+            run_id,
+            time.monotonic() - started,
+            " (error)" if reply.has_error() else "",
+        )
+        return reply
+
+    def _push(self, stub: rpc.FleetStub, reply: Message) -> None:
+        """Send a reply until the server acknowledges it (bounded by the stop flag)."""
+        segments = message_to_segments(reply)
+        for attempt in range(8):
+            try:
+                stub.PushReply(
+                    iter_chunks(reply.metadata.message_id, segments),
+                    metadata=self._metadata("PushReply"),
+                    timeout=300,
+                )
+                return
+            except grpc.RpcError as exc:
+                error = translate_rpc_error(exc, "reply")
+                if isinstance(error, ProtocolError):
+                    log.error("the server refused a reply: %s", error)
+                    return
+                if self.stop.is_set():
+                    return
+                log.warning("sending a reply failed (%s); retrying", error)
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        raise NodeUnavailableError("could not deliver a reply after 8 attempts")

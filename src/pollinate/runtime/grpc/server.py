@@ -1,0 +1,524 @@
+"""The coordinator: nodes connect to it, runs are submitted to it, state survives it.
+
+One gRPC server serves three services on one port (see ``proto/pollinate/v1/
+service.proto``): Fleet for nodes, Control for the CLI, GridIo for the ServerApp of each
+run. Each run's ServerApp runs in a child process of the server, so a run outlives the
+terminal that submitted it and a failing app cannot take the server down.
+
+Everything that must survive a crash is in the :class:`StateStore` before it is
+acknowledged. Waiting is done on one condition variable that is notified whenever
+instructions, replies or nodes change; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from pollinate.errors import PollinateError, ProtocolError, SerializationError
+from pollinate.records import ErrorCode, Message
+from pollinate.runtime.grpc._common import (
+    CHANNEL_OPTIONS,
+    NODE_ID_KEY,
+    RUN_TOKEN_KEY,
+    metadata_value,
+)
+from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks
+from pollinate.runtime.grpc.security import AuthenticationError, RequestVerifier
+from pollinate.runtime.grpc.state import StateStore
+from pollinate.serde import message_from_bytes
+from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
+from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
+
+__all__ = ["Coordinator", "ServerSettings", "serve"]
+
+log = logging.getLogger("pollinate.server")
+
+_WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
+
+
+@dataclass
+class ServerSettings:
+    """How a server runs; the CLI fills it from its flags."""
+
+    address: str
+    state: Path
+    credentials: grpc.ServerCredentials | None = None
+    root_certificate: Path | None = None  # for the ServerApp processes to trust the server
+    verifier: RequestVerifier | None = None
+    heartbeat_interval: float = 5.0
+    max_frame_bytes: int = 8 * 1024**3
+    child_env: dict[str, str] = field(default_factory=dict)
+
+
+class Coordinator:
+    """The server's shared state: the store, the wake-up signal, the runs' processes."""
+
+    def __init__(self, settings: ServerSettings, store: StateStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.changed = threading.Condition()
+        self.generation = 0
+        self._tokens: dict[str, int] = {}
+        self._processes: dict[int, subprocess.Popen[str]] = {}
+        self._stopping: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def notify(self) -> None:
+        """Wake every waiting stream: something they may wait for changed."""
+        with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
+    def wait(self, since: int, timeout: float) -> None:
+        """Sleep until something changed after generation ``since``, or ``timeout`` passes.
+
+        Callers read :attr:`generation` *before* looking at the store, so a change that
+        lands between their look and their wait is never missed.
+        """
+        with self.changed:
+            self.changed.wait_for(lambda: self.generation != since, timeout=max(0.0, timeout))
+
+    # -- runs -----------------------------------------------------------------------------
+    def start_run(self, run_id: int) -> None:
+        """Start (or, after a restart, restart) the ServerApp process of a run."""
+        run = self.store.run(run_id)
+        if run is None:
+            raise ProtocolError(f"no run {run_id}")
+        token = secrets.token_hex(16)
+        host, _, port = self.settings.address.rpartition(":")
+        target = f"{'localhost' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+        command = [sys.executable, "-m", "pollinate.cli.serverapp_process", "--server", target]
+        if self.settings.root_certificate is not None:
+            command += ["--root-certificate", str(self.settings.root_certificate)]
+        else:
+            command += ["--insecure"]
+        env = {
+            **os.environ,
+            **self.settings.child_env,
+            "POLLINATE_RUN_ID": str(run_id),
+            "POLLINATE_RUN_TOKEN": token,
+            "POLLINATE_APP_DIR": run.app_dir,
+            "POLLINATE_RUN_CONFIG": json.dumps(dict(run.config)),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self._lock:
+            self._tokens[token] = run_id
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+            self._processes[run_id] = process
+        self.store.set_run_status(run_id, "running")
+        threading.Thread(
+            target=self._watch, args=(run_id, process, token), name=f"run-{run_id}", daemon=True
+        ).start()
+
+    def _watch(self, run_id: int, process: subprocess.Popen[str], token: str) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.store.append_log(run_id, line.rstrip("\n"))
+            self.notify()
+        code = process.wait()
+        with self._lock:
+            self._tokens.pop(token, None)
+            self._processes.pop(run_id, None)
+            stopped = run_id in self._stopping
+        if self._closed.is_set():
+            return  # the server is shutting down: the run resumes when it restarts
+        if stopped:
+            self.store.set_run_status(run_id, "stopped")
+        elif code == 0:
+            self.store.set_run_status(run_id, "completed")
+        else:
+            self.store.set_run_status(run_id, "failed", f"the ServerApp exited with code {code}")
+        self.notify()
+
+    def stop_run(self, run_id: int) -> bool:
+        with self._lock:
+            process = self._processes.get(run_id)
+            if process is None:
+                return False
+            self._stopping.add(run_id)
+        process.terminate()
+        return True
+
+    def run_of_token(self, token: str | None) -> int | None:
+        with self._lock:
+            return self._tokens.get(token or "")
+
+    def resume_runs(self) -> None:
+        """Restart the ServerApp of every run that was running when the server stopped."""
+        for run in self.store.runs():
+            if run.status == "running":
+                log.warning("resuming run %d after a restart", run.run_id)
+                self.start_run(run.run_id)
+
+    # -- liveness -----------------------------------------------------------------------
+    def watch_liveness(self) -> None:
+        """Declare silent nodes dead and expire old instructions, until closed."""
+        interval = self.settings.heartbeat_interval
+        while not self._closed.wait(interval / 2):
+            for node_id in self.store.expire_nodes(2 * interval):
+                failed = self.store.fail_pending_for_node(
+                    node_id,
+                    code=ErrorCode.NODE_UNAVAILABLE,
+                    reason=f"node {node_id} stopped sending heartbeats",
+                )
+                log.warning(
+                    "node %d is dead (no heartbeat for %.0f s); %d pending instructions failed",
+                    node_id,
+                    2 * interval,
+                    len(failed),
+                )
+            self.store.expire_instructions()
+            self.notify()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            processes = list(self._processes.values())
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.notify()
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
+    log.warning("refused %s: %s", context.peer(), text)
+    context.abort(code, text)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _receive_frame(
+    chunks: Iterator[pb.Chunk], context: grpc.ServicerContext, max_bytes: int
+) -> memoryview:
+    assembler = ChunkAssembler(max_bytes=max_bytes)
+    try:
+        for chunk in chunks:
+            if assembler.add(chunk):
+                return assembler.frame()
+    except ProtocolError as exc:
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk")
+
+
+def _decode(frame: memoryview, context: grpc.ServicerContext) -> Message:
+    try:
+        return message_from_bytes(frame)
+    except SerializationError as exc:
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"not a valid message frame: {exc}")
+
+
+class FleetServicer(rpc.FleetServicer):
+    """What nodes call."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def _node(self, context: grpc.ServicerContext, method: str, node_id: int) -> int:
+        """Authenticate a node's call and check it is a known node."""
+        metadata = context.invocation_metadata()
+        row = self.c.store.node(node_id)
+        if self.c.settings.verifier is not None:
+            try:
+                key = self.c.settings.verifier.verify(method, node_id, metadata)
+            except AuthenticationError as exc:
+                _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            if row is not None and row.public_key != key:
+                _abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node id {node_id} does not belong to this key",
+                )
+        if row is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown node {node_id}; register again")
+        return node_id
+
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> Any:
+        key = None
+        if self.c.settings.verifier is not None:
+            try:
+                key = self.c.settings.verifier.verify(
+                    "Register", None, context.invocation_metadata()
+                )
+            except AuthenticationError as exc:
+                _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        node_id = self.c.store.register_node(
+            public_key=key,
+            attributes=dict(request.attributes),
+            app_name=request.app_name,
+            app_version=request.app_version,
+            requested_node_id=request.node_id or None,
+        )
+        self.c.store.heartbeat(node_id)
+        log.info("node %d registered (%s %s)", node_id, request.app_name, request.app_version)
+        self.c.notify()
+        return pb.RegisterResponse(
+            node_id=node_id, heartbeat_interval=self.c.settings.heartbeat_interval
+        )
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> Any:
+        if self.c.store.node(request.node_id) is None:
+            return pb.HeartbeatResponse(known=False)
+        self._node(context, "Heartbeat", request.node_id)
+        self.c.store.heartbeat(request.node_id)
+        return pb.HeartbeatResponse(known=True)
+
+    def Subscribe(self, request: pb.SubscribeRequest, context: grpc.ServicerContext) -> Any:
+        node_id = self._node(context, "Subscribe", request.node_id)
+        while context.is_active():
+            seen = self.c.generation
+            pending = self.c.store.pending_for_node(node_id)
+            sent_any = False
+            for instruction in pending:
+                if instruction.state != "queued":
+                    continue
+                run = self.c.store.run(instruction.metadata.run_id)
+                frame = self.c.store.read_blob(instruction.path)
+                first = True
+                for chunk in iter_chunks(instruction.metadata.message_id, [frame]):
+                    delivery = pb.Delivery(chunk=chunk)
+                    if first and run is not None:
+                        delivery.app_name = run.app_name
+                        delivery.app_version = run.app_version
+                        delivery.run_config_json = json.dumps(dict(run.config))
+                    first = False
+                    yield delivery
+                self.c.store.mark_delivered(instruction.metadata.message_id)
+                sent_any = True
+            if not sent_any:
+                self.c.wait(seen, _WAIT_SLICE)
+                yield pb.Delivery(keepalive=True)
+
+    def PushReply(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
+        claimed = metadata_value(context.invocation_metadata(), NODE_ID_KEY)
+        if claimed is None or not claimed.isdigit():
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"missing {NODE_ID_KEY} metadata with the node id",
+            )
+        node_id = self._node(context, "PushReply", int(claimed))
+        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
+        reply = _decode(frame, context)
+        if not reply.is_reply or reply.metadata.src_node_id != node_id:
+            _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {node_id} may only send its own replies",
+            )
+        try:
+            accepted = self.c.store.add_reply(reply.metadata, [frame])
+        except (ProtocolError, PollinateError) as exc:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        self.c.store.heartbeat(node_id)
+        self.c.notify()
+        return pb.PushReplyResponse(accepted=accepted)
+
+
+class GridIoServicer(rpc.GridIoServicer):
+    """What a run's ServerApp process calls."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def _run(self, context: grpc.ServicerContext) -> int:
+        token = metadata_value(context.invocation_metadata(), RUN_TOKEN_KEY)
+        run_id = self.c.run_of_token(token)
+        if run_id is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or missing run token")
+        return run_id
+
+    def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> Any:
+        self._run(context)
+        return pb.ListNodesResponse(
+            nodes=[
+                pb.NodeState(
+                    node_id=n.node_id,
+                    online=n.online,
+                    attributes={k: str(v) for k, v in n.attributes.items()},
+                )
+                for n in self.c.store.nodes()
+            ]
+        )
+
+    def Send(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
+        run_id = self._run(context)
+        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
+        message = _decode(frame, context)
+        if message.is_reply or message.metadata.run_id != run_id:
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"only instructions of run {run_id} can be sent with this token",
+            )
+        node = self.c.store.node(message.metadata.dst_node_id)
+        if node is None:
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no node {message.metadata.dst_node_id} is registered",
+            )
+        self.c.store.add_instruction(message.metadata, [frame])
+        self.c.notify()
+        return pb.SendResponse(message_id=message.metadata.message_id)
+
+    def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
+        run_id = self._run(context)
+        deadline = time.monotonic() + max(0.0, request.timeout)
+        waiting = list(request.message_ids)
+        while waiting and context.is_active():
+            seen = self.c.generation
+            for row in self.c.store.replies_for(run_id, waiting):
+                frame = self.c.store.read_blob(row.path)
+                yield from iter_chunks(row.metadata.reply_to_message_id, [frame])
+                self.c.store.mark_reply_consumed(row.metadata.message_id)
+                waiting.remove(row.metadata.reply_to_message_id)
+            remaining = deadline - time.monotonic()
+            if not waiting or remaining <= 0:
+                return
+            self.c.wait(seen, min(remaining, _WAIT_SLICE))
+
+    def SaveCheckpoint(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Any:
+        run_id = self._run(context)
+        server_round_text = metadata_value(context.invocation_metadata(), "x-pollinate-round")
+        if server_round_text is None or not server_round_text.isdigit():
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "missing x-pollinate-round")
+        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
+        self.c.store.save_checkpoint(run_id, int(server_round_text), [frame])
+        return pb.SendResponse(message_id=f"checkpoint-{server_round_text}")
+
+    def LoadCheckpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Any:
+        run_id = self._run(context)
+        checkpoint = self.c.store.latest_checkpoint(run_id)
+        if checkpoint is not None:
+            yield from iter_chunks(f"checkpoint-{checkpoint.server_round}", [checkpoint.data])
+
+
+class ControlServicer(rpc.ControlServicer):
+    """What the CLI calls."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> Any:
+        try:
+            config = json.loads(request.config_json or "{}")
+        except json.JSONDecodeError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"config is not JSON: {exc}")
+        if not Path(request.app_dir).is_dir():
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"app directory {request.app_dir!r} does not exist on the server",
+            )
+        run_id = self.c.store.create_run(
+            app_name=request.app_name,
+            app_version=request.app_version,
+            app_dir=request.app_dir,
+            config=config,
+        )
+        self.c.start_run(run_id)
+        return pb.SubmitRunResponse(run_id=run_id)
+
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> Any:
+        return pb.ListRunsResponse(
+            runs=[
+                pb.Run(
+                    run_id=r.run_id,
+                    app_name=r.app_name,
+                    app_version=r.app_version,
+                    status=r.status,
+                    error=r.error or "",
+                    created_at=r.created_at,
+                )
+                for r in self.c.store.runs()
+            ]
+        )
+
+    def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Any:
+        if self.c.store.run(request.run_id) is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
+        after = request.after
+        while context.is_active():
+            seen = self.c.generation
+            lines = self.c.store.logs(request.run_id, after=after)
+            for seq, text in lines:
+                yield pb.LogLine(seq=seq, text=text)
+                after = seq
+            run = self.c.store.run(request.run_id)
+            finished = run is not None and run.status not in ("pending", "running")
+            if finished and not lines:
+                yield pb.LogLine(seq=after, final_status=run.status if run else "unknown")
+                return
+            if not request.follow and not lines:
+                return
+            if not lines:
+                self.c.wait(seen, _WAIT_SLICE)
+
+    def StopRun(self, request: pb.StopRunRequest, context: grpc.ServicerContext) -> Any:
+        return pb.StopRunResponse(stopped=self.c.stop_run(request.run_id))
+
+
+def serve(
+    settings: ServerSettings,
+    *,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run a server until ``stop`` is set (or forever), resuming unfinished runs."""
+    store = StateStore(settings.state)
+    coordinator = Coordinator(settings, store)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=CHANNEL_OPTIONS)
+    rpc.add_FleetServicer_to_server(FleetServicer(coordinator), server)
+    rpc.add_GridIoServicer_to_server(GridIoServicer(coordinator), server)
+    rpc.add_ControlServicer_to_server(ControlServicer(coordinator), server)
+    if settings.credentials is not None:
+        port = server.add_secure_port(settings.address, settings.credentials)
+    else:
+        port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise PollinateError(f"cannot listen on {settings.address}; is the port in use?")
+    server.start()
+    threading.Thread(target=coordinator.watch_liveness, name="liveness", daemon=True).start()
+    log.warning(
+        "Pollinate server listening on %s (%s), state in %s",
+        settings.address,
+        "TLS" if settings.credentials is not None else "INSECURE, plaintext",
+        settings.state,
+    )
+    coordinator.resume_runs()
+    if ready is not None:
+        ready.set()
+    try:
+        while not (stop.wait(1.0) if stop is not None else False):
+            if stop is None:
+                time.sleep(1.0)
+    finally:
+        coordinator.close()
+        server.stop(grace=2).wait(5)
+        store.close()
