@@ -11,7 +11,12 @@ import sys
 import click
 
 from pollinate import __version__
+from pollinate.cli.certificates import certificates
+from pollinate.cli.keys import keys
 from pollinate.cli.new import new
+from pollinate.cli.node import node
+from pollinate.cli.run import logs, run, runs, stop
+from pollinate.cli.server import server
 from pollinate.cli.simulate import simulate
 from pollinate.errors import PollinateError
 
@@ -24,8 +29,8 @@ def cli() -> None:
     """Pollinate: federated learning that moves the computation to the data."""
 
 
-cli.add_command(simulate)
-cli.add_command(new)
+for command in (simulate, new, server, node, run, runs, logs, stop, certificates, keys):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -382,6 +382,12 @@ class GridIoServicer(rpc.GridIoServicer):
                 f"no node {message.metadata.dst_node_id} is registered",
             )
         self.c.store.add_instruction(message.metadata, [frame])
+        if not node.online:  # fail fast rather than wait for a node known to be gone
+            self.c.store.fail_pending_for_node(
+                node.node_id,
+                code=ErrorCode.NODE_UNAVAILABLE,
+                reason=f"node {node.node_id} is offline",
+            )
         self.c.notify()
         return pb.SendResponse(message_id=message.metadata.message_id)
 

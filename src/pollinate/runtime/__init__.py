@@ -1,0 +1,1 @@
+"""Runtimes: where nodes live (one process, a worker pool, real machines over gRPC)."""

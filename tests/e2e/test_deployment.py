@@ -1,0 +1,181 @@
+"""Deployment end to end: a real server and real nodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from pollinate.testing.processes import Processes, free_port, wait_for
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
+SLOWAPP = Path(__file__).resolve().parent / "apps" / "slowapp"
+
+
+def _server(procs: Processes, port: int, *extra: str, interval: str = "0.5") -> None:
+    procs.start(
+        "server",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--state",
+        str(procs.workdir / "state.db"),
+        "--heartbeat-interval",
+        interval,
+        *extra,
+        name="server",
+    )
+    wait_for(lambda: "listening" in procs.log("server"), 20, "the server to listen")
+
+
+def _nodes(procs: Processes, port: int, app: str, count: int, *extra: str) -> None:
+    for i in range(count):
+        procs.start(
+            "node",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--app",
+            app,
+            *extra,
+            "--node-config",
+            f"partition-id={i}",
+            "--node-config",
+            f"num-partitions={count}",
+            name=f"node{i}",
+        )
+    wait_for(
+        lambda: all("connected" in procs.log(f"node{i}") for i in range(count)),
+        30,
+        "the nodes to connect",
+    )
+
+
+def test_quickstart_over_one_server_and_five_nodes(procs: Processes) -> None:
+    port = free_port()
+    _server(procs, port, "--insecure")
+    _nodes(procs, port, str(QUICKSTART), 5, "--insecure")
+
+    result = procs.run(
+        "run",
+        str(QUICKSTART),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--insecure",
+        "--rounds",
+        "3",
+        "--config",
+        "fraction-train=1.0",
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round 3 | train 5/5 replied" in result.stdout
+    assert "completed" in result.stdout.splitlines()[-1]
+    listing = procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure")
+    assert "completed" in listing.stdout and "quickstart" in listing.stdout
+
+
+def test_a_node_killed_mid_round_fails_its_message_and_the_round_goes_on(
+    procs: Processes,
+) -> None:
+    port = free_port()
+    _server(procs, port, "--insecure")
+    _nodes(procs, port, str(SLOWAPP), 2, "--insecure")
+    procs.start(
+        "node",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--app",
+        str(SLOWAPP),
+        "--insecure",
+        "--node-config",
+        "slow=true",
+        name="slow",
+    )
+    wait_for(lambda: "connected" in procs.log("slow"), 30, "the slow node")
+    run = procs.start(
+        "run", str(SLOWAPP), "--server", f"127.0.0.1:{port}", "--insecure", name="run"
+    )
+    time.sleep(3)  # the slow node is now inside its 60 s training call
+    slow = next(p for p in procs.started if "slow=true" in p.args)  # type: ignore[operator]
+    os.killpg(slow.pid, signal.SIGKILL)
+
+    assert run.wait(timeout=60) == 0, procs.log("run")
+    log = procs.log("run")
+    assert "round 1 | train 2/3 replied (1 failed)" in log
+    assert "final w [2.0, 2.0, 2.0]" in log
+
+
+def test_tls_with_generated_certificates(procs: Processes) -> None:
+    port = free_port()
+    certs = procs.workdir / "certs"
+    assert procs.run("certificates", str(certs)).returncode == 0
+    _server(procs, port, "--certificates", str(certs))
+    _nodes(procs, port, str(SLOWAPP), 3, "--root-certificate", str(certs / "ca.pem"))
+    result = procs.run(
+        "run",
+        str(SLOWAPP),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--root-certificate",
+        str(certs / "ca.pem"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "final w [2.0, 2.0, 2.0]" in result.stdout
+    plaintext = procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure", timeout=60)
+    assert plaintext.returncode != 0
+
+
+def test_an_unauthorized_node_is_refused_and_the_others_are_served(procs: Processes) -> None:
+    port = free_port()
+    keys = procs.workdir / "keys"
+    keys.mkdir()
+    for name in ("a", "b", "c", "stranger"):
+        assert procs.run("keys", str(keys / name)).returncode == 0
+    authorized = procs.workdir / "authorized_keys"
+    authorized.write_text("".join((keys / f"{n}.pub").read_text() for n in ("a", "b", "c")))
+    _server(procs, port, "--insecure", "--authorized-keys", str(authorized))
+
+    stranger = procs.run(
+        "node",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--app",
+        str(SLOWAPP),
+        "--insecure",
+        "--key",
+        str(keys / "stranger"),
+        timeout=60,
+    )
+    assert stranger.returncode == 2
+    assert "unknown" in stranger.stderr.lower() and "Traceback" not in stranger.stderr
+    for name in ("a", "b", "c"):
+        procs.start(
+            "node",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--app",
+            str(SLOWAPP),
+            "--insecure",
+            "--key",
+            str(keys / name),
+            name=f"node-{name}",
+        )
+    wait_for(lambda: all("connected" in procs.log(f"node-{n}") for n in "abc"), 30, "nodes")
+    result = procs.run("run", str(SLOWAPP), "--server", f"127.0.0.1:{port}", "--insecure")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "refused" in procs.log("server")
+
+
+def test_garbage_bytes_are_refused_while_a_run_goes_on(procs: Processes) -> None:
+    port = free_port()
+    _server(procs, port, "--insecure")
+    _nodes(procs, port, str(SLOWAPP), 3, "--insecure")
+    run = procs.start(
+        "run", str(SLOWAPP), "--server", f"127.0.0.1:{port}", "--insecure", name="run"
+    )
+    for payload in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", os.urandom(4096)):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(payload)
+    assert run.wait(timeout=60) == 0, procs.log("run")
+    assert "final w [2.0, 2.0, 2.0]" in procs.log("run")
