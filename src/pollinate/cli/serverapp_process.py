@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -24,7 +26,21 @@ from pollinate.runtime.loading import load_object
 from pollinate.server import ServerApp
 
 
+def _exit_with_parent() -> None:
+    """Die when the server dies (even by kill -9): a restarted server starts a new
+    process for the run, which resumes from the run's last checkpoint."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> int:
+    _exit_with_parent()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", required=True)
     parser.add_argument("--root-certificate", type=Path)

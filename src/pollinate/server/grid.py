@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 
 from pollinate.errors import ConfigError, NodeUnavailableError
-from pollinate.records import Error, ErrorCode, Message
+from pollinate.records import Error, ErrorCode, Message, RecordDict
 from pollinate.sampling.base import NodeInfo
 from pollinate.strategy.history import NullObserver, RunObserver
 from pollinate.testing.clock import Clock, SystemClock
@@ -59,6 +59,16 @@ class Grid(ABC):
         The default knows only the ids; runtimes that know more override it.
         """
         return [NodeInfo(node_id) for node_id in self.nodes()]
+
+    def save_checkpoint(self, server_round: int, state: RecordDict) -> None:  # noqa: B027
+        """Keep a completed round's state where it survives a restart (optional hook).
+
+        Runtimes without durable state (simulation) do nothing.
+        """
+
+    def load_checkpoint(self) -> tuple[int, RecordDict] | None:
+        """The latest saved ``(server_round, state)`` of this run, if any."""
+        return None
 
     def begin_round(self, server_round: int) -> None:  # noqa: B027 - optional hook
         """Told by the round loop that ``server_round`` starts (simulations use it to

@@ -13,12 +13,15 @@ only replies with content.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
+
+import numpy as np
 
 from pollinate.errors import AggregationError, ConfigError
 from pollinate.records import (
@@ -29,6 +32,7 @@ from pollinate.records import (
     Message,
     MetricRecord,
     MetricValue,
+    RecordDict,
     keys,
 )
 from pollinate.strategy.history import History, PhaseSummary, RoundRecord
@@ -44,6 +48,8 @@ log = logging.getLogger("pollinate")
 EvaluateFn: TypeAlias = Callable[[int, ArrayRecord], "MetricRecord | None"]
 
 _MAX_ERRORS_KEPT = 5
+_ARRAYS = "arrays"
+_HISTORY = "history"
 
 
 @dataclass
@@ -135,10 +141,21 @@ class Strategy(ABC):
             raise ConfigError(f"timeout must be positive seconds, got {timeout}")
         centralized = evaluate_fn if evaluate_fn is not None else self.evaluate
         observer = grid.observer
-        history = History(initial_centralized=_as_dict(centralized(0, initial_arrays)))
-        observer.on_start(num_rounds, history.initial_centralized)
         arrays = initial_arrays
-        for server_round in range(1, num_rounds + 1):
+        first_round = 1
+        checkpoint = grid.load_checkpoint()
+        if checkpoint is not None:
+            completed, saved = checkpoint
+            arrays, history = self._restore(saved)
+            first_round = completed + 1
+            log.warning("resuming from the checkpoint of round %d", completed)
+            observer.on_start(num_rounds, history.initial_centralized)
+            for record in history.rounds:
+                observer.on_round_end(record)
+        else:
+            history = History(initial_centralized=_as_dict(centralized(0, initial_arrays)))
+            observer.on_start(num_rounds, history.initial_centralized)
+        for server_round in range(first_round, num_rounds + 1):
             started = time.perf_counter()
             record = RoundRecord(server_round=server_round)
             grid.begin_round(server_round)
@@ -180,8 +197,71 @@ class Strategy(ABC):
             record.centralized = _as_dict(centralized(server_round, arrays))
             record.seconds = time.perf_counter() - started
             history.rounds.append(record)
+            grid.save_checkpoint(server_round, self._checkpoint(arrays, history))
             observer.on_round_end(record)
         return Result(arrays=arrays, history=history)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state(self) -> RecordDict:
+        """Everything this strategy carries from one round to the next, as records.
+
+        Saved after every round with the global arrays, so a restarted server resumes
+        the run exactly. The default saves every ArrayRecord attribute of the strategy
+        and of its ``optimizer`` (moments, control variates) and the state of its
+        ``rng``; strategies with other state override this and :meth:`load_state`.
+        """
+        state = RecordDict()
+        for owner_name, owner in (
+            ("strategy", self),
+            ("optimizer", getattr(self, "optimizer", None)),
+        ):
+            if owner is None:
+                continue
+            for name, value in vars(owner).items():
+                if isinstance(value, ArrayRecord) and name != "current_arrays":
+                    state[f"{owner_name}.{name}"] = value
+        rng = getattr(self, "rng", None)
+        if isinstance(rng, np.random.Generator):
+            state["rng"] = ConfigRecord({"json": json.dumps(rng.bit_generator.state)})
+        return state
+
+    def load_state(self, state: RecordDict) -> None:
+        """Restore what :meth:`state` saved."""
+        for key, value in state.items():
+            owner_name, _, name = key.partition(".")
+            owner = {"strategy": self, "optimizer": getattr(self, "optimizer", None)}.get(
+                owner_name
+            )
+            if owner is not None and name and isinstance(value, ArrayRecord):
+                setattr(owner, name, value)
+        rng = getattr(self, "rng", None)
+        saved = state.get("rng")
+        if isinstance(rng, np.random.Generator) and isinstance(saved, ConfigRecord):
+            rng.bit_generator.state = json.loads(str(saved["json"]))
+
+    def _checkpoint(self, arrays: ArrayRecord, history: History) -> RecordDict:
+        checkpoint = RecordDict(
+            {_ARRAYS: arrays, _HISTORY: ConfigRecord({"json": json.dumps(history.to_dict())})}
+        )
+        for key, value in self.state().items():
+            checkpoint[f"state:{key}"] = value
+        return checkpoint
+
+    def _restore(self, checkpoint: RecordDict) -> tuple[ArrayRecord, History]:
+        arrays = checkpoint.get_kind(_ARRAYS, ArrayRecord)
+        history = History.from_dict(
+            json.loads(str(checkpoint.get_kind(_HISTORY, ConfigRecord)["json"]))
+        )
+        self.load_state(
+            RecordDict(
+                {
+                    key.removeprefix("state:"): value
+                    for key, value in checkpoint.items()
+                    if key.startswith("state:")
+                }
+            )
+        )
+        return arrays, history
 
     def _replies(
         self,

@@ -166,7 +166,14 @@ class Coordinator:
 
     def resume_runs(self) -> None:
         """Restart the ServerApp of every run that was running when the server stopped."""
-        for run in self.store.runs():
+        runs = [run for run in self.store.runs() if run.status == "running"]
+        if runs:
+            # Instructions sent before the restart belong to rounds that will be redone.
+            for node in self.store.nodes():
+                self.store.fail_pending_for_node(
+                    node.node_id, code=ErrorCode.TIMEOUT, reason="the server restarted"
+                )
+        for run in runs:
             if run.status == "running":
                 log.warning("resuming run %d after a restart", run.run_id)
                 self.start_run(run.run_id)
