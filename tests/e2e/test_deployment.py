@@ -179,3 +179,16 @@ def test_garbage_bytes_are_refused_while_a_run_goes_on(procs: Processes) -> None
             sock.sendall(payload)
     assert run.wait(timeout=60) == 0, procs.log("run")
     assert "final w [2.0, 2.0, 2.0]" in procs.log("run")
+
+
+BIGAPP = Path(__file__).resolve().parent / "apps" / "bigapp"
+
+
+def test_a_300_mb_model_makes_the_round_trip(procs: Processes) -> None:
+    port = free_port()
+    _server(procs, port, "--insecure", interval="5")
+    _nodes(procs, port, str(BIGAPP), 1, "--insecure")
+    result = procs.run("run", str(BIGAPP), "--server", f"127.0.0.1:{port}", "--insecure",
+                       timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"bytes {78643200 * 4} equal True" in result.stdout
