@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint proto bench bench-flower-venv bench-serde bench-fedprox bench-byzantine clean
+.PHONY: demo test lint proto bench bench-flower-venv bench-serde bench-fedprox bench-byzantine bench-deployment clean
 
 # One stamp per set of extras: demo needs only Pollinate, test adds the test tools,
 # lint and proto add the developer tools. A stamp is redone when pyproject.toml changes.
@@ -73,6 +73,9 @@ bench-fedprox: $(VENV)/.installed-bench
 
 bench-byzantine: $(VENV)/.installed-bench
 	$(PY) benchmarks/byzantine.py
+
+bench-deployment: $(VENV)/.installed-bench
+	$(PY) benchmarks/deployment.py
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
