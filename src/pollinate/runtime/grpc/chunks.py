@@ -66,13 +66,17 @@ def iter_chunks(
 
 
 class ChunkAssembler:
-    """Reassembles one transfer, checking everything a peer could get wrong."""
+    """Reassembles one transfer, checking everything a peer could get wrong.
+
+    The buffer grows with the bytes actually received (never with the size a peer
+    announces), so a peer announcing gigabytes and sending a few bytes costs nothing.
+    """
 
     def __init__(self, *, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.transfer_id = ""
-        self._buffer: bytearray | None = None
-        self._received = 0
+        self._buffer = bytearray()
+        self._total: int | None = None
         self._next_index = 0
         self.complete = False
 
@@ -80,14 +84,14 @@ class ChunkAssembler:
         """Take the next chunk; returns True once the transfer is complete."""
         if self.complete:
             raise ProtocolError(f"transfer {self.transfer_id!r}: a chunk arrived after the last")
-        if self._buffer is None:
+        if self._total is None:
             if chunk.total_size > self.max_bytes:
                 raise ProtocolError(
                     f"transfer {chunk.transfer_id!r} announces {chunk.total_size} bytes, more "
                     f"than the {self.max_bytes} this end accepts"
                 )
             self.transfer_id = chunk.transfer_id
-            self._buffer = bytearray(chunk.total_size)
+            self._total = int(chunk.total_size)
         if chunk.transfer_id != self.transfer_id:
             raise ProtocolError(
                 f"chunk of transfer {chunk.transfer_id!r} inside transfer {self.transfer_id!r}"
@@ -97,33 +101,38 @@ class ChunkAssembler:
                 f"transfer {self.transfer_id!r}: chunk {chunk.index} arrived, "
                 f"{self._next_index} was expected"
             )
-        if chunk.total_size != len(self._buffer):
+        if chunk.total_size != self._total:
             raise ProtocolError(f"transfer {self.transfer_id!r}: the total size changed")
         data = chunk.data
+        if not data and not chunk.last:
+            raise ProtocolError(f"transfer {self.transfer_id!r}: an empty chunk before the last")
         if hashlib.sha256(data).digest() != chunk.sha256:
             raise ProtocolError(
                 f"transfer {self.transfer_id!r}: chunk {chunk.index} fails its SHA-256 check"
             )
-        end = self._received + len(data)
-        if end > len(self._buffer):
+        if len(self._buffer) + len(data) > self._total:
             raise ProtocolError(
-                f"transfer {self.transfer_id!r}: more bytes than the announced {len(self._buffer)}"
+                f"transfer {self.transfer_id!r}: more bytes than the announced {self._total}"
             )
-        self._buffer[self._received : end] = data
-        self._received = end
+        self._buffer += data
         self._next_index += 1
         if chunk.last:
-            if self._received != len(self._buffer):
+            if len(self._buffer) != self._total:
                 raise ProtocolError(
-                    f"transfer {self.transfer_id!r} ended after {self._received} of "
-                    f"{len(self._buffer)} bytes"
+                    f"transfer {self.transfer_id!r} ended after {len(self._buffer)} of "
+                    f"{self._total} bytes"
                 )
             self.complete = True
         return self.complete
 
+    @property
+    def started(self) -> bool:
+        """Whether a first chunk has arrived."""
+        return self._total is not None
+
     def frame(self) -> memoryview:
         """The reassembled frame (once complete)."""
-        if not self.complete or self._buffer is None:
+        if not self.complete:
             raise ProtocolError(f"transfer {self.transfer_id!r} is incomplete")
         return memoryview(self._buffer)
 
@@ -135,5 +144,5 @@ def read_frames(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> Iterator[tuple
         if assembler.add(chunk):
             yield assembler.transfer_id, assembler.frame()
             assembler = ChunkAssembler(max_bytes=max_bytes)
-    if assembler.transfer_id and not assembler.complete:
+    if assembler.started and not assembler.complete:
         raise ProtocolError(f"transfer {assembler.transfer_id!r} was cut off")

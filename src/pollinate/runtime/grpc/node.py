@@ -62,6 +62,7 @@ class NodeAgent:
         self.stop = stop or threading.Event()
         self.node_id = 0
         self._states: dict[int, RecordDict] = {}  # Context.state per run
+        self._forgotten = threading.Event()  # the server no longer knows this node
 
     # -- connection -------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -97,7 +98,9 @@ class NodeAgent:
                     ) from None
             except grpc.RpcError as exc:
                 error = translate_rpc_error(exc, "node")
-                if isinstance(error, ProtocolError) and not connected_once:
+                if not connected_once and self.node_id == 0:
+                    # Never registered: a wrong address, a refusal or a server that is not
+                    # Pollinate. Say so now rather than retry forever.
                     raise error from None
                 log.warning("connection lost: %s", error)
             finally:
@@ -124,6 +127,7 @@ class NodeAgent:
             timeout=self.settings.connect_timeout,
         )
         self.node_id = int(response.node_id)
+        self._forgotten.clear()
         log.warning("connected to %s as node %d", self.settings.server, self.node_id)
         beat = threading.Event()
         heart = threading.Thread(
@@ -148,8 +152,10 @@ class NodeAgent:
             deliveries.cancel()
 
     def _cancel_on_stop(self, call: Any, done: threading.Event) -> None:
+        """End the subscription when stopped, or when the server forgot this node (the
+        run loop then registers again)."""
         while not done.wait(0.2):
-            if self.stop.is_set():
+            if self.stop.is_set() or self._forgotten.is_set():
                 call.cancel()
                 return
 

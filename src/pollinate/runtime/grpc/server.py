@@ -61,6 +61,7 @@ class ServerSettings:
     verifier: RequestVerifier | None = None
     heartbeat_interval: float = 5.0
     max_frame_bytes: int = 8 * 1024**3
+    max_threads: int = 2048
     child_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -287,9 +288,23 @@ class FleetServicer(rpc.FleetServicer):
         )
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> Any:
-        if self.c.store.node(request.node_id) is None:
+        key = None
+        if self.c.settings.verifier is not None:
+            try:  # authenticate before saying anything about the node id
+                key = self.c.settings.verifier.verify(
+                    "Heartbeat", request.node_id, context.invocation_metadata()
+                )
+            except AuthenticationError as exc:
+                _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        row = self.c.store.node(request.node_id)
+        if row is None:
             return pb.HeartbeatResponse(known=False)
-        self._node(context, "Heartbeat", request.node_id)
+        if key is not None and row.public_key != key:
+            _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node id {request.node_id} does not belong to this key",
+            )
         self.c.store.heartbeat(request.node_id)
         return pb.HeartbeatResponse(known=True)
 
@@ -506,7 +521,11 @@ def serve(
     """Run a server until ``stop`` is set (or forever), resuming unfinished runs."""
     store = StateStore(settings.state)
     coordinator = Coordinator(settings, store)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=CHANNEL_OPTIONS)
+    # Each node's Subscribe stream holds a thread for as long as it is connected, so the
+    # pool is sized for nodes, not for CPU: past it, new calls would queue behind streams.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_threads), options=CHANNEL_OPTIONS
+    )
     rpc.add_FleetServicer_to_server(FleetServicer(coordinator), server)
     rpc.add_GridIoServicer_to_server(GridIoServicer(coordinator), server)
     rpc.add_ControlServicer_to_server(ControlServicer(coordinator), server)
