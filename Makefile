@@ -35,6 +35,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
 # Regenerates the checked-in protobuf code from proto/ (needs grpcio-tools, in [dev]).

@@ -301,13 +301,29 @@ def measure(
         port = free_port()
         address = f"127.0.0.1:{port}"
         try:
-            fleet.start("server", "server", "--address", address, "--state",
-                        str(workdir / "state.db"), "--insecure")
+            fleet.start(
+                "server",
+                "server",
+                "--address",
+                address,
+                "--state",
+                str(workdir / "state.db"),
+                "--insecure",
+            )
             fleet.wait_for(["server"], "listening", 30)
             nodes = [f"node{i}" for i in range(NUM_NODES)]
             for i, name in enumerate(nodes):
-                fleet.start(name, "node", "--server", address, "--app", str(APP_DIR),
-                            "--insecure", "--node-config", f"partition-id={i}")
+                fleet.start(
+                    name,
+                    "node",
+                    "--server",
+                    address,
+                    "--app",
+                    str(APP_DIR),
+                    "--insecure",
+                    "--node-config",
+                    f"partition-id={i}",
+                )
             fleet.wait_for(nodes, "connected", 60)
             time.sleep(0.5)  # let the nodes' Subscribe streams settle
             roots = {name: fleet.processes[name].pid for name in ["server", *nodes]}
@@ -315,24 +331,52 @@ def measure(
             result.idle_node_rss = RssSampler(roots)._rss(roots["node0"])
             if py_spy:
                 for name in ("server", "node0"):
-                    command = [py_spy, "record", "--pid", str(roots[name]), "--format", "raw",
-                               "--rate", "200", "--nonblocking", "-o",
-                               str(workdir / f"{name}.spy")]
+                    command = [
+                        py_spy,
+                        "record",
+                        "--pid",
+                        str(roots[name]),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--nonblocking",
+                        "-o",
+                        str(workdir / f"{name}.spy"),
+                    ]
                     if name == "server":
                         command.append("--subprocesses")
-                    spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL,
-                                                  start_new_session=True))
+                    spies.append(
+                        subprocess.Popen(
+                            command,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                        )
+                    )
                 time.sleep(1.0)  # py-spy attaches
-            command = [sys.executable, "-m", "pollinate.cli.main", "run", str(APP_DIR),
-                       "--server", address, "--insecure", "--rounds", str(rounds),
-                       "--config", f"num-parameters={parameters}",
-                       "--config", f"num-nodes={NUM_NODES}"]
+            command = [
+                sys.executable,
+                "-m",
+                "pollinate.cli.main",
+                "run",
+                str(APP_DIR),
+                "--server",
+                address,
+                "--insecure",
+                "--rounds",
+                str(rounds),
+                "--config",
+                f"num-parameters={parameters}",
+                "--config",
+                f"num-nodes={NUM_NODES}",
+            ]
             with RssSampler(roots) as sampler:
                 t0 = time.time()
                 started = time.perf_counter()
-                completed = subprocess.run(command, capture_output=True, text=True,
-                                           timeout=timeout, cwd=workdir, env=env)
+                completed = subprocess.run(
+                    command, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env
+                )
                 result.total = time.perf_counter() - started
             result.server_rss = sampler.peaks["server"]
             result.server_process_rss = sampler.root_peaks["server"]
@@ -341,12 +385,18 @@ def measure(
             result.max_node_rss = max(sampler.peaks[name] for name in nodes)
             result.total_rss = sampler.peak_total
             lines = completed.stdout.splitlines()
-            result.rounds = [json.loads(line[len(ROUND_PREFIX):]) for line in lines
-                             if line.startswith(ROUND_PREFIX)]
+            result.rounds = [
+                json.loads(line[len(ROUND_PREFIX) :])
+                for line in lines
+                if line.startswith(ROUND_PREFIX)
+            ]
             if result.rounds:
                 result.startup = result.rounds[0]["start"] - t0
-            done = [json.loads(line[len(DONE_PREFIX):]) for line in lines
-                    if line.startswith(DONE_PREFIX)]
+            done = [
+                json.loads(line[len(DONE_PREFIX) :])
+                for line in lines
+                if line.startswith(DONE_PREFIX)
+            ]
             if completed.returncode != 0 or len(result.rounds) != rounds or not done:
                 tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-15:])
                 result.error = f"pollinate run exited with {completed.returncode}:\n{tail}"
@@ -387,8 +437,10 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("frame encode (message_to_segments)", ("message_to_segments",)),
     ("aggregation (numpy)", ("aggregat",)),
     ("ClientApp handler", ("client_app.py",)),
-    ("gRPC Python (call/stream machinery)", ("grpc/_channel.py", "grpc/_server.py",
-                                             "grpc/_common.py", "_cygrpc")),
+    (
+        "gRPC Python (call/stream machinery)",
+        ("grpc/_channel.py", "grpc/_server.py", "grpc/_common.py", "_cygrpc"),
+    ),
 )
 
 
@@ -514,8 +566,10 @@ def results_table(measurements: Sequence[Measurement]) -> str:
     for m in measurements:
         name = _size_name(m.parameters)
         if m.error and not m.rounds:
-            lines.append(f"| {name} | {_mb(m.model_bytes)} | FAILED: "
-                         f"{m.error.splitlines()[0][:150]} | | | | | | | | | |")
+            lines.append(
+                f"| {name} | {_mb(m.model_bytes)} | FAILED: "
+                f"{m.error.splitlines()[0][:150]} | | | | | | | | | |"
+            )
             continue
         target = ROUND_TARGETS.get(m.parameters)
         verdict = "-"
@@ -579,25 +633,43 @@ def machine_line() -> str:
     from simulation import machine
 
     info = machine()
-    return (f"{info['cpu']}, {info['cores']}, {info['memory']} RAM; {info['os']}; "
-            f"Python {info['python']}, NumPy {info['numpy']}")
+    return (
+        f"{info['cpu']}, {info['cores']}, {info['memory']} RAM; {info['os']}; "
+        f"Python {info['python']}, NumPy {info['numpy']}"
+    )
 
 
 def main() -> None:
     """Measure every size, print the tables and write ``results/deployment.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
-                        help="model sizes in float32 parameters (default: 8192 1000000 10000000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SIZES),
+        help="model sizes in float32 parameters (default: 8192 1000000 10000000)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size (default 3)")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per size")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile the largest size with py-spy "
-                        "(server, ServerApp, node 0)")
-    parser.add_argument("--py-spy", default="py-spy", metavar="PATH",
-                        help="py-spy executable (`pip install --target /tmp/pyspy py-spy`)")
-    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
-                        help="where the server's state goes (default: the temp dir; "
-                        "/dev/shm shows the cost of fsync)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the largest size with py-spy (server, ServerApp, node 0)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        default="py-spy",
+        metavar="PATH",
+        help="py-spy executable (`pip install --target /tmp/pyspy py-spy`)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the server's state goes (default: the temp dir; "
+        "/dev/shm shows the cost of fsync)",
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args()
     if args.rounds < 1:
@@ -613,24 +685,35 @@ def main() -> None:
     sha = sha256_throughput()
     with tempfile.TemporaryDirectory(prefix="pollinate-fsync-", dir=args.state_dir) as tmp:
         write_s, fsync_s = fsync_write(Path(tmp))
-    print(f"memcpy {memcpy:.1f} GB/s, loopback TCP {loopback:.2f} GB/s, sha256 {sha:.2f} GB/s, "
-          f"40 MB write {write_s * 1e3:.0f} ms + fsync {fsync_s * 1e3:.0f} ms", file=sys.stderr)
+    print(
+        f"memcpy {memcpy:.1f} GB/s, loopback TCP {loopback:.2f} GB/s, sha256 {sha:.2f} GB/s, "
+        f"40 MB write {write_s * 1e3:.0f} ms + fsync {fsync_s * 1e3:.0f} ms",
+        file=sys.stderr,
+    )
 
     measurements = []
     for size in args.sizes:
         m = measure(size, args.rounds, timeout=args.timeout, state_dir=args.state_dir)
         measurements.append(m)
-        print(f"{_size_name(size):>5}: round 1 {m.first_round:.3f} s, rounds 2+ "
-              f"{m.steady_round:.3f} s, total {m.total:.2f} s, server {_mb(m.server_rss)} MB, "
-              f"node {_mb(m.node_rss)} MB, all {_mb(m.total_rss)} MB"
-              + (f"; ERROR {m.error}" if m.error else ""), file=sys.stderr, flush=True)
+        print(
+            f"{_size_name(size):>5}: round 1 {m.first_round:.3f} s, rounds 2+ "
+            f"{m.steady_round:.3f} s, total {m.total:.2f} s, server {_mb(m.server_rss)} MB, "
+            f"node {_mb(m.node_rss)} MB, all {_mb(m.total_rss)} MB"
+            + (f"; ERROR {m.error}" if m.error else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     profiled = None
     if args.profile:
         size = max(args.sizes)
-        profiled = measure(size, args.rounds, timeout=args.timeout, state_dir=args.state_dir,
-                           py_spy=args.py_spy)
-        print(f"profiled {_size_name(size)}: rounds 2+ {profiled.steady_round:.3f} s"
-              + (f"; ERROR {profiled.error}" if profiled.error else ""), file=sys.stderr)
+        profiled = measure(
+            size, args.rounds, timeout=args.timeout, state_dir=args.state_dir, py_spy=args.py_spy
+        )
+        print(
+            f"profiled {_size_name(size)}: rounds 2+ {profiled.steady_round:.3f} s"
+            + (f"; ERROR {profiled.error}" if profiled.error else ""),
+            file=sys.stderr,
+        )
     load_after = os.getloadavg()[0]
 
     largest = max(DEFAULT_SIZES)  # the physical limits are given for the 10M model

@@ -84,8 +84,10 @@ def main() -> None:
     print(f"{'case':<52} {'best GB/s':>10} {'median GB/s':>12} {'best ms':>9}")
     for name, fn in cases:
         best, median = best_and_median(fn, args.repeat)
-        print(f"{name:<52} {nbytes / best / 1e9:>10.2f} {nbytes / median / 1e9:>12.2f} "
-              f"{best * 1e3:>9.3f}")
+        print(
+            f"{name:<52} {nbytes / best / 1e9:>10.2f} {nbytes / median / 1e9:>12.2f} "
+            f"{best * 1e3:>9.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -170,7 +170,11 @@ def measure(command: list[str], num_rounds: int, timeout: float) -> dict[str, An
         t0 = time.time()
         started = time.perf_counter()
         proc = subprocess.Popen(
-            command, stdout=out, stderr=err, env=env, cwd=BENCH_DIR.parent,
+            command,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=BENCH_DIR.parent,
             start_new_session=True,
         )
         tree = TreeRss(proc.pid)
@@ -331,8 +335,15 @@ def build_rows(flower: str | None, include_cli: bool) -> list[Row]:
                     "pollinate CLI",
                     runtime,
                     "A1",
-                    [cli, "simulate", str(APP_DIR), "--runtime", runtime,
-                     "--runs-dir", str(runs_dir)],
+                    [
+                        cli,
+                        "simulate",
+                        str(APP_DIR),
+                        "--runtime",
+                        runtime,
+                        "--runs-dir",
+                        str(runs_dir),
+                    ],
                 )
             )
     if flower:

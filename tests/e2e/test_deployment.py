@@ -188,7 +188,8 @@ def test_a_300_mb_model_makes_the_round_trip(procs: Processes) -> None:
     port = free_port()
     _server(procs, port, "--insecure", interval="5")
     _nodes(procs, port, str(BIGAPP), 1, "--insecure")
-    result = procs.run("run", str(BIGAPP), "--server", f"127.0.0.1:{port}", "--insecure",
-                       timeout=300)
+    result = procs.run(
+        "run", str(BIGAPP), "--server", f"127.0.0.1:{port}", "--insecure", timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"bytes {78643200 * 4} equal True" in result.stdout

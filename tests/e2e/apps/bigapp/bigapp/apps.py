@@ -23,11 +23,18 @@ server = ServerApp()
 def main(grid, context):
     size = int(context.run_config["num-parameters"])
     initial = np.arange(size, dtype=np.float32) % 1000
-    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
-                      rng=np.random.default_rng(0))
-    result = strategy.start(grid, initial_arrays=ArrayRecord({"w": initial}), num_rounds=1,
-                            timeout=300)
+    strategy = FedAvg(
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+        rng=np.random.default_rng(0),
+    )
+    result = strategy.start(
+        grid, initial_arrays=ArrayRecord({"w": initial}), num_rounds=1, timeout=300
+    )
     w = result.arrays["w"]
     ok = w.shape == initial.shape and bool(np.array_equal(w, initial + 1.0))
-    print(f"bytes {w.nbytes} equal {ok} sha {hashlib.sha256(w.tobytes()).hexdigest()[:16]}",
-          flush=True)
+    print(
+        f"bytes {w.nbytes} equal {ok} sha {hashlib.sha256(w.tobytes()).hexdigest()[:16]}",
+        flush=True,
+    )
