@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from google.protobuf import descriptor_pb2
 
 from pollinate.records import ArrayRecord, ConfigRecord, RecordDict
@@ -85,7 +84,8 @@ def test_frame_nbytes_counts_bytes_of_every_buffer_kind() -> None:
 
 def test_checked_in_protobuf_code_matches_the_proto(tmp_path: Path) -> None:
     # Arrange
-    pytest.importorskip("grpc_tools")
+    import grpc_tools  # noqa: F401 - make test installs it; `make proto` needs it too
+
     descriptor_set = tmp_path / "envelope.binpb"
     # Act: compile the .proto as `make proto` does, but to a descriptor (independent of
     # the protoc version, unlike the generated Python text)

@@ -517,8 +517,13 @@ class StateStore:
     def _abs(self, rel: str) -> Path:
         return self._blob_dir / rel
 
-    def _write_blob(self, kind: str, segments: Iterable[Segment]) -> _Blob:
-        """Write segments to a new blob file durably: tmp file, fsync, rename, fsync dir."""
+    def _write_blob(self, kind: str, segments: Iterable[Segment], *, sync: bool = True) -> _Blob:
+        """Write segments to a new blob file: tmp file, fsync, rename, fsync dir.
+
+        ``sync=False`` skips the fsyncs, for data that is re-created after a crash anyway
+        (instructions: a resumed run sends its round again); a process crash still
+        loses nothing, only an operating-system crash could.
+        """
         name = f"{uuid.uuid4().hex}.bin"
         tmp = self._blob_dir / "tmp" / (name + ".tmp")
         digest = hashlib.sha256()
@@ -533,13 +538,15 @@ class StateStore:
                     f.write(view)
                     size += view.nbytes
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             os.replace(tmp, self._blob_dir / kind / name)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        _fsync_dir(self._blob_dir / kind)
+        if sync:
+            _fsync_dir(self._blob_dir / kind)
         return _Blob(f"{kind}/{name}", digest.hexdigest(), size)
 
     def _discard_blob_files(self, rels: Iterable[str]) -> None:
@@ -841,7 +848,7 @@ class StateStore:
             ).fetchone():
                 return
             self._check_instruction_refs(conn, metadata)
-        blob = self._write_blob("instructions", segments)
+        blob = self._write_blob("instructions", segments, sync=False)
         inserted = False
         try:
             with self._write() as conn:
