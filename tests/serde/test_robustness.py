@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -203,21 +202,18 @@ def test_encoders_refuse_wrong_types() -> None:
     "shape",
     [[2**31, 2**31], [2**62], [2**64 - 1, 2**64 - 1, 2**64 - 1], [0, 2**63], [2**8] * 64],
 )
-def test_absurd_shapes_are_refused_fast_without_allocating(shape: list[int]) -> None:
+def test_absurd_shapes_are_refused_without_allocating(shape: list[int]) -> None:
     # Arrange
     desc = pb.ArrayDescriptor(name="x", dtype="uint8", shape=shape, offset=0, nbytes=2**62)
     data = array_frame(desc, data_nbytes=64)
     tracemalloc.start()
-    start = time.perf_counter()
-    # Act / Assert
+    # Act / Assert (a hang would be caught by the suite's per-test timeout)
     try:
         with pytest.raises(SerializationError):
             recorddict_from_bytes(data)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0
     assert peak < 1_000_000
 
 
