@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import grpc
 
 from pollinate.errors import NodeUnavailableError
-from pollinate.records import Message, RecordDict
+from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
 from pollinate.sampling import NodeInfo
@@ -23,6 +26,8 @@ from pollinate.server.grid import Grid
 from pollinate.strategy.history import RunObserver
 
 __all__ = ["GrpcGrid"]
+
+_INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
 
 
 class GrpcGrid(Grid):
@@ -66,22 +71,50 @@ class GrpcGrid(Grid):
         return [info.node_id for info in self.node_info() if info.online]
 
     def send(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for message in messages:
-            segments = message_to_segments(message)
-            try:
-                self._stub.Send(
-                    iter_chunks(message.metadata.message_id, segments),
-                    metadata=self._metadata,
-                    timeout=600,
+        """Send instructions; those sharing one content object upload it once."""
+        batch = list(messages)
+        groups: dict[int, list[Message]] = {}
+        for message in batch:
+            groups.setdefault(id(message.content), []).append(message)
+        for group in groups.values():
+            if len(group) == 1:
+                self._send_one(group[0])
+            else:
+                self._send_broadcast(group)
+        return [message.metadata.message_id for message in batch]
+
+    def _send_one(self, message: Message) -> None:
+        segments = message_to_segments(message)
+        self._call(
+            "sending an instruction",
+            self._stub.Send,
+            iter_chunks(message.metadata.message_id, segments),
+        )
+
+    def _send_broadcast(self, group: list[Message]) -> None:
+        listing = RecordDict(
+            {
+                _INSTRUCTIONS: ConfigRecord(
+                    {"json": json.dumps([asdict(message.metadata) for message in group])}
                 )
-            except grpc.RpcError as exc:
-                error = translate_rpc_error(exc, "sending an instruction")
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise NodeUnavailableError(str(error)) from None
-                raise error from None
-            ids.append(message.metadata.message_id)
-        return ids
+            }
+        )
+        content_id = f"content-{group[0].metadata.message_id}"
+
+        def chunks() -> Iterator[pb.Chunk]:
+            yield from iter_chunks(content_id, recorddict_to_segments(group[0].content))
+            yield from iter_chunks(f"{content_id}-instructions", recorddict_to_segments(listing))
+
+        self._call("sending instructions", self._stub.SendBroadcast, chunks())
+
+    def _call(self, what: str, method: Any, request: Iterator[pb.Chunk]) -> None:
+        try:
+            method(request, metadata=self._metadata, timeout=600)
+        except grpc.RpcError as exc:
+            error = translate_rpc_error(exc, what)
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NodeUnavailableError(str(error)) from None
+            raise error from None
 
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         request = pb.ReceiveRequest(message_ids=list(message_ids), timeout=timeout)

@@ -29,17 +29,17 @@ from typing import Any, NoReturn
 import grpc
 
 from pollinate.errors import PollinateError, ProtocolError, SerializationError
-from pollinate.records import ErrorCode, Message
+from pollinate.records import ConfigRecord, ErrorCode, Message, Metadata
 from pollinate.runtime.grpc._common import (
     CHANNEL_OPTIONS,
     NODE_ID_KEY,
     RUN_TOKEN_KEY,
     metadata_value,
 )
-from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks
+from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks, read_frames
 from pollinate.runtime.grpc.security import AuthenticationError, RequestVerifier
 from pollinate.runtime.grpc.state import StateStore
-from pollinate.serde import message_from_bytes
+from pollinate.serde import message_from_bytes, message_to_segments, recorddict_from_bytes
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
 
@@ -48,6 +48,7 @@ __all__ = ["Coordinator", "ServerSettings", "serve"]
 log = logging.getLogger("pollinate.server")
 
 _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
+_INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
 
 
 @dataclass
@@ -412,6 +413,62 @@ class GridIoServicer(rpc.GridIoServicer):
             )
         self.c.notify()
         return pb.SendResponse(message_id=message.metadata.message_id)
+
+    def SendBroadcast(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Any:
+        run_id = self._run(context)
+        try:
+            frames = [
+                frame
+                for _, frame in read_frames(
+                    request_iterator, max_bytes=self.c.settings.max_frame_bytes
+                )
+            ]
+        except ProtocolError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if len(frames) != 2:
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a broadcast is 2 transfers (content, instructions), got {len(frames)}",
+            )
+        try:
+            content = recorddict_from_bytes(frames[0])
+            listing = recorddict_from_bytes(frames[1]).get_kind(_INSTRUCTIONS, ConfigRecord)
+            entries = json.loads(str(listing["json"]))
+            metadatas = [Metadata(**entry) for entry in entries]
+        except (PollinateError, ValueError, TypeError, KeyError) as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed broadcast: {exc}")
+        ids = []
+        for metadata in metadatas:
+            if metadata.reply_to_message_id or metadata.run_id != run_id:
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"only instructions of run {run_id} can be sent with this token",
+                )
+            node = self.c.store.node(metadata.dst_node_id)
+            if node is None:
+                _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no node {metadata.dst_node_id} is registered",
+                )
+            try:
+                segments = message_to_segments(Message.from_parts(metadata, content, None))
+            except PollinateError as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed metadata: {exc}")
+            self.c.store.add_instruction(metadata, segments)
+            if not node.online:
+                self.c.store.fail_pending_for_node(
+                    node.node_id,
+                    code=ErrorCode.NODE_UNAVAILABLE,
+                    reason=f"node {node.node_id} is offline",
+                )
+            ids.append(metadata.message_id)
+        self.c.notify()
+        return pb.SendBroadcastResponse(message_ids=ids)
 
     def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
         run_id = self._run(context)

@@ -448,6 +448,11 @@ class GridIoStub:
                 request_serializer=pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
                 response_deserializer=pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.SendBroadcast = channel.stream_unary(
+                '/pollinate.v1.GridIo/SendBroadcast',
+                request_serializer=pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
+                response_deserializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
+                _registered_method=True)
         self.Receive = channel.unary_stream(
                 '/pollinate.v1.GridIo/Receive',
                 request_serializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
@@ -476,6 +481,16 @@ class GridIoServicer:
 
     def Send(self, request_iterator, context):
         """One instruction frame, chunked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendBroadcast(self, request_iterator, context):
+        """Instructions that share one content, which crosses the wire once: two transfers,
+        first the content (a RecordDict frame), then a RecordDict frame whose ConfigRecord
+        "instructions" holds, under "json", a JSON list of the instructions' metadata
+        (objects with the fields of envelope.proto's Metadata).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -514,6 +529,11 @@ def add_GridIoServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
                     response_serializer=pollinate_dot_v1_dot_service__pb2.SendResponse.SerializeToString,
+            ),
+            'SendBroadcast': grpc.stream_unary_rpc_method_handler(
+                    servicer.SendBroadcast,
+                    request_deserializer=pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
+                    response_serializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.SerializeToString,
             ),
             'Receive': grpc.unary_stream_rpc_method_handler(
                     servicer.Receive,
@@ -585,6 +605,33 @@ class GridIo:
             '/pollinate.v1.GridIo/Send',
             pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
             pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendBroadcast(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pollinate.v1.GridIo/SendBroadcast',
+            pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
+            pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -153,6 +153,12 @@ class GridIoStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListNodesRequest, _service_pb2.ListNodesResponse]
     Send: _grpc.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]
     """One instruction frame, chunked."""
+    SendBroadcast: _grpc.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendBroadcastResponse]
+    """Instructions that share one content, which crosses the wire once: two transfers,
+    first the content (a RecordDict frame), then a RecordDict frame whose ConfigRecord
+    "instructions" holds, under "json", a JSON list of the instructions' metadata
+    (objects with the fields of envelope.proto's Metadata).
+    """
     Receive: _grpc.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
     LoadCheckpoint: _grpc.UnaryStreamMultiCallable[_service_pb2.CheckpointRequest, _service_pb2.Chunk]
@@ -166,6 +172,12 @@ class GridIoAsyncStub(GridIoStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_service_pb2.ListNodesRequest, _service_pb2.ListNodesResponse]  # type: ignore[assignment]
     Send: _aio.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]  # type: ignore[assignment]
     """One instruction frame, chunked."""
+    SendBroadcast: _aio.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendBroadcastResponse]  # type: ignore[assignment]
+    """Instructions that share one content, which crosses the wire once: two transfers,
+    first the content (a RecordDict frame), then a RecordDict frame whose ConfigRecord
+    "instructions" holds, under "json", a JSON list of the instructions' metadata
+    (objects with the fields of envelope.proto's Metadata).
+    """
     Receive: _aio.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]  # type: ignore[assignment]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
     LoadCheckpoint: _aio.UnaryStreamMultiCallable[_service_pb2.CheckpointRequest, _service_pb2.Chunk]  # type: ignore[assignment]
@@ -188,6 +200,18 @@ class GridIoServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SendResponse, _abc.Awaitable[_service_pb2.SendResponse]]:
         """One instruction frame, chunked."""
+
+    @_abc_1.abstractmethod
+    def SendBroadcast(
+        self,
+        request_iterator: _MaybeAsyncIterator[_service_pb2.Chunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SendBroadcastResponse, _abc.Awaitable[_service_pb2.SendBroadcastResponse]]:
+        """Instructions that share one content, which crosses the wire once: two transfers,
+        first the content (a RecordDict frame), then a RecordDict frame whose ConfigRecord
+        "instructions" holds, under "json", a JSON list of the instructions' metadata
+        (objects with the fields of envelope.proto's Metadata).
+        """
 
     @_abc_1.abstractmethod
     def Receive(
