@@ -62,7 +62,12 @@ def main() -> int:
         credentials = tls_channel_credentials(args.root_certificate.read_bytes())
     display = ProgressDisplay(Console(file=sys.stdout, force_terminal=False, width=120))
     grid = GrpcGrid(
-        args.server, run_id=run_id, token=token, credentials=credentials, observer=display
+        args.server,
+        run_id=run_id,
+        token=token,
+        credentials=credentials,
+        observer=display,
+        local_replies=os.environ.get("POLLINATE_LOCAL_REPLIES") == "1",
     )
     print(f"run {run_id}: {project.name} ServerApp started", flush=True)
     context = Context(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import grpc
 
-from pollinate.errors import NodeUnavailableError
+from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
@@ -42,6 +43,7 @@ class GrpcGrid(Grid):
         credentials: grpc.ChannelCredentials | None = None,
         observer: RunObserver | None = None,
         max_frame_bytes: int = 8 * 1024**3,
+        local_replies: bool = False,
     ) -> None:
         super().__init__(run_id=run_id, observer=observer)
         if credentials is not None:
@@ -51,6 +53,8 @@ class GrpcGrid(Grid):
         self._stub = rpc.GridIoStub(self._channel)
         self._metadata: tuple[tuple[str, str | bytes], ...] = ((RUN_TOKEN_KEY, token),)
         self._max_frame_bytes = max_frame_bytes
+        #: On the server's machine: map reply files rather than stream them.
+        self._local_replies = local_replies
 
     def node_info(self) -> list[NodeInfo]:
         try:
@@ -118,9 +122,19 @@ class GrpcGrid(Grid):
 
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         request = pb.ReceiveRequest(message_ids=list(message_ids), timeout=timeout)
-        call = self._stub.Receive(request, metadata=self._metadata, timeout=timeout + 30)
+        call: Any
+        frames: Iterator[tuple[str, Any]]
+        if self._local_replies:
+            call = self._stub.ReceiveLocal(request, metadata=self._metadata, timeout=timeout + 30)
+            frames = (
+                (location.reply_to_message_id, _map_file(location.path, location.size))
+                for location in call
+            )
+        else:
+            call = self._stub.Receive(request, metadata=self._metadata, timeout=timeout + 30)
+            frames = read_frames(call, max_bytes=self._max_frame_bytes)
         try:
-            for _, frame in read_frames(call, max_bytes=self._max_frame_bytes):
+            for _, frame in frames:
                 yield message_from_bytes(frame)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
@@ -154,3 +168,14 @@ class GrpcGrid(Grid):
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _map_file(path: str, size: int) -> memoryview:
+    """A read-only map of a reply frame the server stored, checked for its size."""
+    with open(path, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    if mapped is None:
+        return memoryview(b"")
+    if len(mapped) != size:
+        raise SerializationError(f"reply file {path} has {len(mapped)} bytes, expected {size}")
+    return memoryview(mapped)

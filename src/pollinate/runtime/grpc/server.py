@@ -116,6 +116,9 @@ class Coordinator:
             "POLLINATE_RUN_TOKEN": token,
             "POLLINATE_APP_DIR": run.app_dir,
             "POLLINATE_RUN_CONFIG": json.dumps(dict(run.config)),
+            # The ServerApp runs beside the state: it maps reply files instead of
+            # receiving them through the socket.
+            "POLLINATE_LOCAL_REPLIES": "1",
             "PYTHONUNBUFFERED": "1",
         }
         with self._lock:
@@ -470,21 +473,35 @@ class GridIoServicer(rpc.GridIoServicer):
         self.c.notify()
         return pb.SendBroadcastResponse(message_ids=ids)
 
-    def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
+    def _arrivals(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Stored replies to the requested instructions, as they arrive, until all came,
+        the request's timeout passed, or the caller went away."""
         run_id = self._run(context)
         deadline = time.monotonic() + max(0.0, request.timeout)
         waiting = list(request.message_ids)
         while waiting and context.is_active():
             seen = self.c.generation
             for row in self.c.store.replies_for(run_id, waiting):
-                frame = self.c.store.read_blob(row.path)
-                yield from iter_chunks(row.metadata.reply_to_message_id, [frame])
+                yield row
                 self.c.store.mark_reply_consumed(row.metadata.message_id)
                 waiting.remove(row.metadata.reply_to_message_id)
             remaining = deadline - time.monotonic()
             if not waiting or remaining <= 0:
                 return
             self.c.wait(seen, min(remaining, _WAIT_SLICE))
+
+    def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
+        for row in self._arrivals(request, context):
+            frame = self.c.store.read_blob(row.path)
+            yield from iter_chunks(row.metadata.reply_to_message_id, [frame])
+
+    def ReceiveLocal(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
+        for row in self._arrivals(request, context):
+            yield pb.ReplyLocation(
+                reply_to_message_id=row.metadata.reply_to_message_id,
+                path=str(row.path),
+                size=row.size,
+            )
 
     def SaveCheckpoint(
         self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext

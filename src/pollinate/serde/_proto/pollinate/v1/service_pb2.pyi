@@ -636,6 +636,35 @@ class ReceiveRequest(_message.Message):
 Global___ReceiveRequest: _TypeAlias = ReceiveRequest  # noqa: Y015
 
 @_typing.final
+class ReplyLocation(_message.Message):
+    """Where a stored reply frame lives, for a ServerApp process on the server's own machine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    reply_to_message_id: _builtins.str
+    """The instruction this reply answers."""
+    path: _builtins.str
+    """Absolute path of the frame file (read-only; it stays until the run is deleted)."""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        reply_to_message_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "reply_to_message_id", b"reply_to_message_id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyLocation: _TypeAlias = ReplyLocation  # noqa: Y015
+
+@_typing.final
 class CheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -458,6 +458,11 @@ class GridIoStub:
                 request_serializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
                 response_deserializer=pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.ReceiveLocal = channel.unary_stream(
+                '/pollinate.v1.GridIo/ReceiveLocal',
+                request_serializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
+                response_deserializer=pollinate_dot_v1_dot_service__pb2.ReplyLocation.FromString,
+                _registered_method=True)
         self.LoadCheckpoint = channel.unary_stream(
                 '/pollinate.v1.GridIo/LoadCheckpoint',
                 request_serializer=pollinate_dot_v1_dot_service__pb2.CheckpointRequest.SerializeToString,
@@ -503,6 +508,14 @@ class GridIoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveLocal(self, request, context):
+        """The same, as file locations: for a ServerApp process on the server's machine, which
+        maps the frames instead of receiving them through the socket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LoadCheckpoint(self, request, context):
         """The latest valid checkpoint of this run (no chunks if none).
         """
@@ -539,6 +552,11 @@ def add_GridIoServicer_to_server(servicer, server):
                     servicer.Receive,
                     request_deserializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.FromString,
                     response_serializer=pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
+            ),
+            'ReceiveLocal': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReceiveLocal,
+                    request_deserializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.FromString,
+                    response_serializer=pollinate_dot_v1_dot_service__pb2.ReplyLocation.SerializeToString,
             ),
             'LoadCheckpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.LoadCheckpoint,
@@ -659,6 +677,33 @@ class GridIo:
             '/pollinate.v1.GridIo/Receive',
             pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
             pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pollinate.v1.GridIo/ReceiveLocal',
+            pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
+            pollinate_dot_v1_dot_service__pb2.ReplyLocation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,10 @@ class GridIoStub:
     """
     Receive: _grpc.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
+    ReceiveLocal: _grpc.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.ReplyLocation]
+    """The same, as file locations: for a ServerApp process on the server's machine, which
+    maps the frames instead of receiving them through the socket.
+    """
     LoadCheckpoint: _grpc.UnaryStreamMultiCallable[_service_pb2.CheckpointRequest, _service_pb2.Chunk]
     """The latest valid checkpoint of this run (no chunks if none)."""
     SaveCheckpoint: _grpc.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]
@@ -180,6 +184,10 @@ class GridIoAsyncStub(GridIoStub):
     """
     Receive: _aio.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]  # type: ignore[assignment]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
+    ReceiveLocal: _aio.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.ReplyLocation]  # type: ignore[assignment]
+    """The same, as file locations: for a ServerApp process on the server's machine, which
+    maps the frames instead of receiving them through the socket.
+    """
     LoadCheckpoint: _aio.UnaryStreamMultiCallable[_service_pb2.CheckpointRequest, _service_pb2.Chunk]  # type: ignore[assignment]
     """The latest valid checkpoint of this run (no chunks if none)."""
     SaveCheckpoint: _aio.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]  # type: ignore[assignment]
@@ -220,6 +228,16 @@ class GridIoServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_service_pb2.Chunk], _abc.AsyncIterator[_service_pb2.Chunk]]:
         """Reply frames for the given instructions as they arrive, until all came or timeout."""
+
+    @_abc_1.abstractmethod
+    def ReceiveLocal(
+        self,
+        request: _service_pb2.ReceiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ReplyLocation], _abc.AsyncIterator[_service_pb2.ReplyLocation]]:
+        """The same, as file locations: for a ServerApp process on the server's machine, which
+        maps the frames instead of receiving them through the socket.
+        """
 
     @_abc_1.abstractmethod
     def LoadCheckpoint(
