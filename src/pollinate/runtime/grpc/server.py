@@ -77,6 +77,7 @@ class Coordinator:
         self._tokens: dict[str, int] = {}
         self._processes: dict[int, subprocess.Popen[str]] = {}
         self._stopping: set[int] = set()
+        self._node_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -85,6 +86,15 @@ class Coordinator:
         with self.changed:
             self.generation += 1
             self.changed.notify_all()
+
+    def node_event(self, node_id: int) -> threading.Event:
+        """Set when work for ``node_id`` arrives; only that node's stream waits on it, so
+        a round's instructions and replies do not wake every node's stream."""
+        with self._lock:
+            event = self._node_events.get(node_id)
+            if event is None:
+                event = self._node_events[node_id] = threading.Event()
+            return event
 
     def wait(self, since: int, timeout: float) -> None:
         """Sleep until something changed after generation ``since``, or ``timeout`` passes.
@@ -314,8 +324,9 @@ class FleetServicer(rpc.FleetServicer):
 
     def Subscribe(self, request: pb.SubscribeRequest, context: grpc.ServicerContext) -> Any:
         node_id = self._node(context, "Subscribe", request.node_id)
+        work = self.c.node_event(node_id)
         while context.is_active():
-            seen = self.c.generation
+            work.clear()  # before looking, so work added meanwhile is not missed
             pending = self.c.store.pending_for_node(node_id)
             sent_any = False
             for instruction in pending:
@@ -335,7 +346,7 @@ class FleetServicer(rpc.FleetServicer):
                 self.c.store.mark_delivered(instruction.metadata.message_id)
                 sent_any = True
             if not sent_any:
-                self.c.wait(seen, _WAIT_SLICE)
+                work.wait(_WAIT_SLICE)
                 yield pb.Delivery(keepalive=True)
 
     def PushReply(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
@@ -408,6 +419,7 @@ class GridIoServicer(rpc.GridIoServicer):
                 f"no node {message.metadata.dst_node_id} is registered",
             )
         self.c.store.add_instruction(message.metadata, [frame])
+        self.c.node_event(node.node_id).set()
         if not node.online:  # fail fast rather than wait for a node known to be gone
             self.c.store.fail_pending_for_node(
                 node.node_id,
@@ -463,6 +475,7 @@ class GridIoServicer(rpc.GridIoServicer):
             except PollinateError as exc:
                 _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed metadata: {exc}")
             self.c.store.add_instruction(metadata, segments)
+            self.c.node_event(node.node_id).set()
             if not node.online:
                 self.c.store.fail_pending_for_node(
                     node.node_id,
