@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from pollinate.runtime.grpc.security import write_certificates
-
 __all__ = ["certificates"]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -38,6 +36,8 @@ def certificates(directory: Path, hosts: tuple[str, ...], days: int, force: bool
     For testing and small deployments: the CA is self-signed. Give nodes ca.pem; keep
     ca.key and server.key private.
     """
+    from pollinate.runtime.grpc.security import write_certificates  # cryptography: lazily
+
     paths = write_certificates(directory, hosts=hosts or DEFAULT_HOSTS, days=days, force=force)
     click.echo(
         f"Wrote {paths.ca_certificate}, {paths.ca_key}, {paths.server_certificate} and "

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import click
 
-from pollinate.runtime.grpc.security import fingerprint, load_authorized_keys, write_node_key
-
 __all__ = ["keys"]
 
 
@@ -28,6 +26,12 @@ def keys(file: Path, force: bool, comment: str) -> None:
 
     Append FILE.pub to the server's authorized keys file to let this node in.
     """
+    from pollinate.runtime.grpc.security import (  # cryptography: lazily
+        fingerprint,
+        load_authorized_keys,
+        write_node_key,
+    )
+
     paths = write_node_key(file, force=force, comment=comment)
     # Read the line back as the server will, so a key that prints is a key that works.
     (public,) = load_authorized_keys(paths.public)
