@@ -5,7 +5,9 @@ What it runs
 A Pollinate simulation (``pollinate.run_simulation``, inline runtime) of 20 nodes on
 scikit-learn's digits, split IID (``IidPartitioner``), all 20 nodes training every
 round. The model is a NumPy softmax regression (64 features x 10 classes + 10 biases,
-float32); each node runs ``LOCAL_EPOCHS`` epochs of mini-batch SGD on its partition.
+float32); each node runs ``LOCAL_STEPS`` steps of mini-batch SGD on random batches of its
+partition per round: few local steps per round is the setting the rules' analyses
+assume (updates are stochastic gradients).
 Nodes 1-4 (partitions 0-3) are the attackers, made so by
 :mod:`pollinate.testing.attacks` through their node_config:
 
@@ -74,10 +76,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NUM_NODES = 20
 NUM_ATTACKERS = 4
 ATTACKERS = list(range(NUM_ATTACKERS))  # partition ids 0..3, i.e. nodes 1..4
-NUM_ROUNDS = 30
-LOCAL_EPOCHS = 2
+NUM_ROUNDS = 150
+LOCAL_STEPS = 2
 BATCH_SIZE = 16
-LEARNING_RATE = 0.1
+LEARNING_RATE = 0.3
 NUM_FEATURES, NUM_CLASSES = 64, 10
 SIGN_FLIP_SCALE = 4.0
 GAUSSIAN_STD = 1.0
@@ -151,10 +153,10 @@ def train(msg: Message, context: Context) -> Message:
     rng = np.random.default_rng([seed, partition_id, server_round])
     model = msg.content.get_kind(keys.ARRAYS, ArrayRecord)
     w, b = model["w"].copy(), model["b"].copy()
-    for _ in range(LOCAL_EPOCHS):
-        order = rng.permutation(len(y))
-        for start in range(0, len(y), BATCH_SIZE):
-            batch = order[start : start + BATCH_SIZE]
+    order = rng.permutation(len(y))
+    for step in range(LOCAL_STEPS):
+        batch = order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE]
+        if len(batch):
             grad = probabilities(ArrayRecord({"w": w, "b": b}), x[batch])
             grad[np.arange(len(batch)), y[batch]] -= 1.0
             grad /= len(batch)
@@ -314,7 +316,7 @@ NumPy {np.__version__}, Pollinate {pollinate.__version__}
 - federation: scikit-learn digits, {NUM_NODES} nodes, IID partitions, 20% of the samples \
 held out as the centralized test set; all {NUM_NODES} nodes train every round, \
 {NUM_ROUNDS} rounds
-- model: softmax regression (650 float32 parameters), {LOCAL_EPOCHS} local epochs of SGD \
+- model: softmax regression (650 float32 parameters), {LOCAL_STEPS} local SGD steps \
 (batch {BATCH_SIZE}, lr {LEARNING_RATE}) per round
 - attackers: nodes 1-{NUM_ATTACKERS} ({NUM_ATTACKERS} of {NUM_NODES}); sign-flip \
 k = {SIGN_FLIP_SCALE:g} (sends global - k * update); gaussian-noise std {GAUSSIAN_STD:g} \
@@ -338,13 +340,14 @@ Points each attack costs an aggregator, against the same aggregator without atta
 
 Reading the tables:
 
-- Krum returns *one* node's model each round, so even without attackers each global
-  model is one node's local model (2 epochs on ~72 examples from the previous one) and
-  nothing averages the local noise out. It plateaus below an average: 87-88% after 30,
-  60 and 120 rounds alike in a check of seeds 0-2 under sign-flip. It misses the
-  margin for that reason, not because attackers get through: the second table shows
-  what the attacks cost it. Multi-Krum, the same paper's remedy, averages the m
-  best-scored updates and does not pay that price.
+- Krum returns *one* node's update each round, the one closest to its neighbours. It
+  misses the margin without any attacker getting through (the second table: attacks
+  cost it under 1 point): it is 6-7 points below FedAvg with no attacker at all. With
+  whole local epochs per round (2 epochs, lr 0.1, 30 to 120 rounds, tried first) it
+  kept choosing the same central node and settled at 87-88%; with a few stochastic
+  steps per round (this setup) the chosen node changes but Krum still favours the most
+  typical updates and settles at 90-91% (also with lr 0.1 over 300 rounds). Multi-Krum,
+  the same paper's remedy, averages the m best-scored updates and does not pay that price.
 - When the attackers are never selected (Krum, Multi-Krum, Bulyan against far-away
   updates), the result does not depend on the attack, hence identical cells.
 - ALIE works as its paper says against Krum: the attackers all send the same vector,
