@@ -33,7 +33,7 @@ from pollinate.strategy.optimizer import ServerOptimizer
 if TYPE_CHECKING:
     from pollinate.server.grid import Grid
 
-__all__ = ["FedAvg", "FedAvgKwargs", "MetricsAggregationFn"]
+__all__ = ["FedAvg", "FedAvgKwargs", "MetricsAggregationFn", "required_metric"]
 
 log = logging.getLogger("pollinate")
 
@@ -371,13 +371,50 @@ class FedAvg(Strategy):
         return _get(reply, self.metrics_key, MetricRecord, source)
 
     def _weight(self, metrics: MetricRecord, source: str) -> float:
-        weight = metrics.get(self.weight_key)
-        if not isinstance(weight, (int, float)) or weight < 0:
+        return required_metric(
+            metrics,
+            self.weight_key,
+            source,
+            positive=False,
+            hint=f"return MetricRecord({{{self.weight_key!r}: len(train_data), ...}})",
+        )
+
+    def global_arrays_for(self, arrays: ArrayRecord, source: str) -> ArrayRecord:
+        """This round's global arrays, checked to have the reply's structure (for
+        strategies that aggregate a reply against the model it started from)."""
+        current = self.current_arrays
+        if current is None:
             raise AggregationError(
-                f"{source} has no usable {self.weight_key!r} metric (got {weight!r}); "
-                f"return MetricRecord({{{self.weight_key!r}: len(train_data), ...}})"
+                f"{source}: {type(self).__name__} aggregates against the model sent with "
+                "configure_train, but no train instructions were configured"
             )
-        return float(weight)
+        if arrays.structure() != current.structure():
+            raise AggregationError(
+                f"{source} has arrays {describe_structure(arrays.structure())}, but the global "
+                f"model has {describe_structure(current.structure())}"
+            )
+        return current
+
+
+def required_metric(
+    metrics: MetricRecord, key: str, source: str, *, positive: bool, hint: str
+) -> float:
+    """A number every reply must report (example count, local steps, loss), as a float.
+
+    Raises AggregationError naming the reply, the value it sent and ``hint`` (how a node
+    reports it) when it is missing, not a finite number, negative, or zero with
+    ``positive``.
+    """
+    value = metrics.get(key)
+    usable = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not usable:
+        raise AggregationError(f"{source} has no usable {key!r} metric (got {value!r}); {hint}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _get(reply: Message, key: str, kind: type[_R], source: str) -> _R:

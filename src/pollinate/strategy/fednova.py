@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -10,8 +9,8 @@ import numpy as np
 
 from pollinate.errors import AggregationError
 from pollinate.records import ArrayRecord, Message, MetricRecord, keys
-from pollinate.strategy.aggregate import cast_like, describe_structure
-from pollinate.strategy.fedavg import FedAvg
+from pollinate.strategy.aggregate import cast_like
+from pollinate.strategy.fedavg import FedAvg, required_metric
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; annotations only, never evaluated
@@ -103,29 +102,15 @@ class FedNova(FedAvg):
         if update is None:
             return None
         arrays, weight, metrics = update
-        current = self.current_arrays
-        if current is None:
-            raise AggregationError(
-                f"{source}: FedNova aggregates against the model sent with configure_train, "
-                "but no train instructions were configured"
-            )
-        steps = metrics.get(keys.LOCAL_STEPS)
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, (int, float))
-            or not math.isfinite(steps)
-            or steps <= 0
-        ):
-            raise AggregationError(
-                f"{source} has no usable {keys.LOCAL_STEPS!r} metric (got {steps!r}); FedNova "
-                f"nodes report the local optimizer steps they took, e.g. "
-                f"MetricRecord({{{keys.LOCAL_STEPS!r}: num_steps, ...}})"
-            )
-        if arrays.structure() != current.structure():
-            raise AggregationError(
-                f"{source} has arrays {describe_structure(arrays.structure())}, but the global "
-                f"model has {describe_structure(current.structure())}"
-            )
+        current = self.global_arrays_for(arrays, source)
+        steps = required_metric(
+            metrics,
+            keys.LOCAL_STEPS,
+            source,
+            positive=True,
+            hint="FedNova nodes report the local optimizer steps they took, e.g. "
+            f"MetricRecord({{{keys.LOCAL_STEPS!r}: num_steps, ...}})",
+        )
         normalized = ArrayRecord()
         for name, x in current.items():
             x64 = x.astype(np.float64)

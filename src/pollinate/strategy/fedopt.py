@@ -274,24 +274,7 @@ class Yogi(_Adaptive):
         v_t &= v_{t-1} - (1 - \beta_2) \Delta_t^2 \operatorname{sign}(v_{t-1} - \Delta_t^2) \\
         x_{t+1} &= x_t + \eta \frac{m_t}{\sqrt{v_t} + \tau}
 
-    There is no bias correction. The state starts as Algorithm 2 has it:
-    :math:`m_{-1} = 0` and :math:`v_{-1} = \tau^2` (the smallest value its
-    :math:`v_{-1} \ge \tau^2` allows); ``tau`` controls the adaptivity.
-
-    Parameters
-    ----------
-    eta:
-        Server learning rate :math:`\eta` (> 0).
-    beta_1, beta_2:
-        Decay rates of the first and second moments, within [0, 1).
-    tau:
-        Adaptivity :math:`\tau` (> 0).
-
-    Attributes
-    ----------
-    m, v:
-        The first and second moments (float64 ArrayRecords), ``None`` before the first
-        step.
+    Bias correction, initial state, parameters and attributes: as :class:`Adam`.
 
     Examples
     --------

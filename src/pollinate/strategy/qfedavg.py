@@ -9,8 +9,8 @@ import numpy as np
 
 from pollinate.errors import AggregationError, ConfigError
 from pollinate.records import ArrayRecord, ConfigRecord, Message, MetricRecord, keys
-from pollinate.strategy.aggregate import cast_like, describe_structure
-from pollinate.strategy.fedavg import FedAvg
+from pollinate.strategy.aggregate import cast_like
+from pollinate.strategy.fedavg import FedAvg, required_metric
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; annotations only, never evaluated
@@ -118,29 +118,15 @@ class QFedAvg(FedAvg):
         if update is None:
             return None
         arrays, _, metrics = update
-        current = self.current_arrays
-        if current is None:
-            raise AggregationError(
-                f"{source}: q-FedAvg aggregates against the model sent with configure_train, "
-                "but no train instructions were configured"
-            )
-        loss = metrics.get(keys.INITIAL_LOSS)
-        if (
-            isinstance(loss, bool)
-            or not isinstance(loss, (int, float))
-            or not math.isfinite(loss)
-            or loss < 0
-        ):
-            raise AggregationError(
-                f"{source} has no usable {keys.INITIAL_LOSS!r} metric (got {loss!r}); q-FedAvg "
-                "nodes report their loss of the received model, before training, e.g. "
-                f"MetricRecord({{{keys.INITIAL_LOSS!r}: loss_before, ...}})"
-            )
-        if arrays.structure() != current.structure():
-            raise AggregationError(
-                f"{source} has arrays {describe_structure(arrays.structure())}, but the global "
-                f"model has {describe_structure(current.structure())}"
-            )
+        current = self.global_arrays_for(arrays, source)
+        loss = required_metric(
+            metrics,
+            keys.INITIAL_LOSS,
+            source,
+            positive=False,
+            hint="q-FedAvg nodes report their loss of the received model, before training, "
+            f"e.g. MetricRecord({{{keys.INITIAL_LOSS!r}: loss_before, ...}})",
+        )
         lipschitz, q = self.lipschitz, self.q
         f = float(loss) + LOSS_EPSILON
         delta_w = {
