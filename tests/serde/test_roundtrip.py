@@ -26,6 +26,7 @@ from pollinate.records import (
 from pollinate.serde import (
     frame_nbytes,
     message_from_bytes,
+    message_parts_from_content,
     message_to_bytes,
     message_to_segments,
     recorddict_from_bytes,
@@ -215,6 +216,20 @@ def test_messages_round_trip(msg: Message) -> None:
     else:
         assert back.error is None
         assert_same_records(msg.content, back.content)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_a_message_frame_is_its_head_plus_its_contents_data_section(msg: Message) -> None:
+    # The server stores a broadcast's content once and makes each node's frame from it.
+    if msg.error is not None:
+        return  # error replies carry no content; broadcasts are instructions
+    content_frame = recorddict_to_bytes(msg.content)
+    # Act
+    head, data = message_parts_from_content(msg.metadata, content_frame)
+    # Assert
+    assert head + bytes(data) == message_to_bytes(msg)
+    assert data.obj is content_frame  # a view of the stored content, not a copy
 
 
 @settings(max_examples=100, deadline=None)

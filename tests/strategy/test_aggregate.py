@@ -91,3 +91,40 @@ def test_metric_mean_weights_values_and_sums_counts() -> None:
     acc.add(MetricRecord({"loss": 4.0, "num-examples": 30, "hist": [3, 4]}), 30)
     acc.add(MetricRecord({"extra": 2.0, "num-examples": 0}), 0)
     assert acc.result() == MetricRecord({"loss": 3.25, "num-examples": 40, "hist": [2.5, 3.5]})
+
+
+def test_weighted_mean_in_blocks_equals_the_whole_array_computation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The scratch is block-sized; arrays span several blocks, one ends mid-block.
+    import pollinate.strategy.aggregate as aggregate_module
+
+    monkeypatch.setattr(aggregate_module, "_BLOCK", 7)
+    rng = np.random.default_rng(0)
+    records = [
+        ArrayRecord(
+            {
+                "w": rng.standard_normal((5, 6)).astype(np.float32),
+                "n": rng.integers(0, 9, 23).astype(np.int32),
+                "s": np.asarray(rng.standard_normal(), np.float32),
+            }
+        )
+        for _ in range(4)
+    ]
+    weights = [1.0, 3.0, 0.5, 2.0]
+    accumulator = aggregate_module.WeightedMeanAccumulator()
+    # Act
+    for record, weight in zip(records, weights, strict=True):
+        accumulator.add(record, weight)
+    result = accumulator.result()
+    # Assert
+    total = sum(weights)
+    for name in ("w", "n", "s"):
+        expected = (
+            sum(r[name].astype(np.float64) * w for r, w in zip(records, weights, strict=True))
+            / total
+        )
+        expected = aggregate_module.cast_like(np.asarray(expected), records[0][name].dtype)
+        np.testing.assert_array_equal(result[name], expected)
+        assert result[name].dtype == records[0][name].dtype
+        assert result[name].shape == records[0][name].shape

@@ -88,6 +88,9 @@ def server(
         verifier=verifier,
         heartbeat_interval=heartbeat_interval,
     )
+    from pollinate.runtime.grpc._common import return_large_buffers_to_the_os
+
+    return_large_buffers_to_the_os()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -32,6 +32,7 @@ Examples
 from pollinate.errors import SerializationError
 from pollinate.serde._codec import (
     message_from_bytes,
+    message_parts_from_content,
     message_to_bytes,
     message_to_segments,
     recorddict_from_bytes,
@@ -45,6 +46,7 @@ __all__ = [
     "SerializationError",
     "frame_nbytes",
     "message_from_bytes",
+    "message_parts_from_content",
     "message_to_bytes",
     "message_to_segments",
     "recorddict_from_bytes",

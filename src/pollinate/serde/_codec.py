@@ -8,7 +8,7 @@ from typing import TypeVar
 from google.protobuf.message import EncodeError
 
 from pollinate.errors import SerializationError
-from pollinate.records import Message, RecordDict
+from pollinate.records import Message, Metadata, RecordDict
 from pollinate.serde._frame import DataLayout, Segment, frame_nbytes, parse_frame
 from pollinate.serde._proto.pollinate.v1 import envelope_pb2 as pb
 from pollinate.serde._records import (
@@ -21,6 +21,7 @@ from pollinate.serde._records import (
 __all__ = [
     "frame_nbytes",
     "message_from_bytes",
+    "message_parts_from_content",
     "message_to_bytes",
     "message_to_segments",
     "recorddict_from_bytes",
@@ -121,3 +122,39 @@ def message_from_bytes(data: bytes | bytearray | memoryview) -> Message:
 def recorddict_from_bytes(data: bytes | bytearray | memoryview) -> RecordDict:
     """Read a bare RecordDict from a frame; see :func:`message_from_bytes`."""
     return decode_recorddict(parse_frame(data))
+
+
+def message_parts_from_content(
+    metadata: Metadata, content_frame: bytes | bytearray | memoryview
+) -> tuple[bytes, memoryview]:
+    """A message's frame as ``(head, data)``, its data section shared with a content frame.
+
+    ``content_frame`` is a RecordDict frame (:func:`recorddict_to_segments`); the message
+    with ``metadata`` and that content has the same data section, byte for byte, so
+    ``head + data`` is exactly :func:`message_to_bytes` of it while ``data`` is a view of
+    ``content_frame``. A server sending one content to many nodes stores it once and makes
+    only each node's small head.
+
+    Raises
+    ------
+    SerializationError
+        If ``content_frame`` is not a valid RecordDict frame.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pollinate.records import ArrayRecord
+    >>> content = RecordDict({"arrays": ArrayRecord({"w": np.arange(100.0)})})
+    >>> msg = Message(content, dst_node_id=7, message_type="train")
+    >>> head, data = message_parts_from_content(msg.metadata, recorddict_to_bytes(content))
+    >>> head + bytes(data) == message_to_bytes(msg)
+    True
+    """
+    parsed = parse_frame(content_frame)
+    content = decode_recorddict(parsed)
+    segments = message_to_segments(Message.from_parts(metadata, content, None))
+    head = bytes(segments[0])
+    data = parsed.buffer[parsed.data_start : parsed.data_start + parsed.data_nbytes]
+    if frame_nbytes(segments) - len(head) != data.nbytes:  # pragma: no cover - format bug
+        raise SerializationError("the message's data section differs from its content's")
+    return head, data

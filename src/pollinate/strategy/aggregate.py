@@ -8,8 +8,8 @@ back to each array's own dtype (rounded for integers, thresholded for bools).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol, final, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import Any, Final, Protocol, final, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,8 +38,20 @@ def cast_like(values: NDArray[np.float64], dtype: np.dtype[Any]) -> NDArray[Any]
     return values.astype(dtype, copy=False)
 
 
+#: Elements per block of the accumulator's float64 scratch (2 MiB, cache-sized): the
+#: scratch stays this small whatever the model's size.
+_BLOCK: Final = 256 * 1024
+
+
+def _blocks(size: int) -> Iterator[slice]:
+    return (slice(start, min(start + _BLOCK, size)) for start in range(0, size, _BLOCK))
+
+
 class WeightedMeanAccumulator:
     """Running weighted mean of ArrayRecords with one structure.
+
+    Memory: one float64 sum per parameter plus a small fixed scratch, however many
+    updates are added and however large the model.
 
     Examples
     --------
@@ -55,7 +67,7 @@ class WeightedMeanAccumulator:
         self._sums: dict[str, NDArray[np.float64]] | None = None
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
-        self._scratch: dict[str, NDArray[np.float64]] = {}
+        self._scratch = np.empty(0, np.float64)
         self.total_weight = 0.0
         self.count = 0
 
@@ -67,7 +79,8 @@ class WeightedMeanAccumulator:
             self._structure = arrays.structure()
             self._dtypes = {name: array.dtype for name, array in arrays.items()}
             self._sums = {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}
-            self._scratch = {name: np.empty(a.shape, np.float64) for name, a in arrays.items()}
+            largest = max((a.size for a in arrays.values()), default=0)
+            self._scratch = np.empty(min(largest, _BLOCK), np.float64)
         elif arrays.structure() != self._structure:
             raise AggregationError(
                 f"{source} has arrays {describe_structure(arrays.structure())}, but earlier "
@@ -75,9 +88,11 @@ class WeightedMeanAccumulator:
                 "the same model structure"
             )
         for name, array in arrays.items():
-            scratch = self._scratch[name]
-            np.multiply(array, weight, out=scratch, casting="unsafe")
-            np.add(self._sums[name], scratch, out=self._sums[name])
+            flat, sums = array.reshape(-1), self._sums[name].reshape(-1)
+            for block in _blocks(flat.size):
+                scratch = self._scratch[: block.stop - block.start]
+                np.multiply(flat[block], weight, out=scratch, dtype=np.float64, casting="unsafe")
+                np.add(sums[block], scratch, out=sums[block])
         self.total_weight += float(weight)
         self.count += 1
 
@@ -90,7 +105,14 @@ class WeightedMeanAccumulator:
             )
         out = ArrayRecord()
         for name, total in self._sums.items():
-            out[name] = cast_like(total / self.total_weight, self._dtypes[name])
+            dtype = self._dtypes[name]
+            mean = np.empty(total.shape, dtype)
+            flat, sums = mean.reshape(-1), total.reshape(-1)
+            for block in _blocks(flat.size):
+                scratch = self._scratch[: block.stop - block.start]
+                np.divide(sums[block], self.total_weight, out=scratch)
+                flat[block] = cast_like(scratch, dtype)
+            out[name] = mean
         return out
 
 

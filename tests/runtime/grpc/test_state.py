@@ -648,9 +648,32 @@ def test_newer_schema_is_refused(db: Path) -> None:
     conn.close()
 
     # Act / Assert
-    with pytest.raises(ConfigError, match=r"newer Pollinate \(schema version 2"):
+    with pytest.raises(
+        ConfigError, match=rf"newer Pollinate \(schema version {SCHEMA_VERSION + 1}"
+    ):
         StateStore(db)
     StateStore(db.parent / "other.db").close()  # the failed open released its lock
+
+
+def test_a_version_1_database_is_upgraded_in_place(db: Path) -> None:
+    # Arrange: a database as version 1 wrote it (no content_only column)
+    with StateStore(db) as store:
+        run_id = store.create_run(app_name="a", app_version="1", app_dir=".", config={})
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE instructions DROP COLUMN content_only")
+        conn.execute("UPDATE schema_version SET version = 1")
+    conn.close()
+
+    # Act
+    with StateStore(db) as store:
+        # Assert: its data is kept and broadcasts can be stored
+        assert store.run(run_id) is not None
+    with sqlite3.connect(db) as conn:
+        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(instructions)")]
+    conn.close()
+    assert version == SCHEMA_VERSION
+    assert "content_only" in columns
 
 
 def test_foreign_files_and_second_owner_are_refused(db: Path, tmp_path: Path) -> None:

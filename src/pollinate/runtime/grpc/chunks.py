@@ -3,19 +3,32 @@
 A frame (see :mod:`pollinate.serde`) is cut into :class:`Chunk` messages of at most
 4 MiB, each with the SHA-256 of its bytes. The receiver checks the transfer id, the
 order, every hash and the announced size, and refuses a transfer larger than its limit
-before allocating anything. Both ends hold at most one frame plus one chunk.
+before allocating anything. A receiver either holds the frame in memory or, with a
+``sink``, hands each checked chunk on (the server writes them straight to a file, so a
+1 GiB upload costs it one chunk of memory).
+
+A content sent to many nodes is hashed once: :func:`chunk_digests` computes the digests
+of its data section and :func:`iter_cached_chunks` streams each node's frame as its own
+small head followed by that shared data.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 from pollinate.errors import ProtocolError
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
-__all__ = ["MAX_CHUNK_BYTES", "ChunkAssembler", "iter_chunks", "read_frames"]
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "ChunkAssembler",
+    "chunk_digests",
+    "iter_cached_chunks",
+    "iter_chunks",
+    "read_frames",
+]
 
 #: Bytes of frame per chunk (gRPC's default message limit is 4 MiB; the channel options
 #: leave room for the chunk's own fields).
@@ -65,16 +78,66 @@ def iter_chunks(
         yield make(last=True)
 
 
+def chunk_digests(data: memoryview, *, chunk_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
+    """The SHA-256 of each ``chunk_bytes`` piece of ``data``, for :func:`iter_cached_chunks`."""
+    view = memoryview(data).cast("B")
+    return [
+        hashlib.sha256(view[start : start + chunk_bytes]).digest()
+        for start in range(0, view.nbytes, chunk_bytes)
+    ]
+
+
+def iter_cached_chunks(
+    transfer_id: str,
+    head: bytes,
+    data: memoryview,
+    digests: Sequence[bytes],
+    *,
+    chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> Iterator[pb.Chunk]:
+    """A frame made of a small ``head`` and a shared ``data`` part whose chunk digests are
+    known (from :func:`chunk_digests` with the same ``chunk_bytes``): the head is the
+    first chunk, then each piece of data goes with its cached digest."""
+    view = memoryview(data).cast("B")
+    if len(digests) != -(-view.nbytes // chunk_bytes):
+        raise ValueError(f"{len(digests)} digests for {view.nbytes} bytes of data")
+    if len(head) > chunk_bytes:
+        raise ValueError(f"a head of {len(head)} bytes does not fit one chunk")
+    total = len(head) + view.nbytes
+    yield pb.Chunk(
+        transfer_id=transfer_id,
+        total_size=total,
+        index=0,
+        data=head,
+        sha256=hashlib.sha256(head).digest(),
+        last=not view.nbytes,
+    )
+    for index, digest in enumerate(digests):
+        start = index * chunk_bytes
+        piece = bytes(view[start : start + chunk_bytes])
+        yield pb.Chunk(
+            transfer_id=transfer_id,
+            total_size=total,
+            index=index + 1,
+            data=piece,
+            sha256=digest,
+            last=start + len(piece) == view.nbytes,
+        )
+
+
 class ChunkAssembler:
     """Reassembles one transfer, checking everything a peer could get wrong.
 
     The buffer grows with the bytes actually received (never with the size a peer
     announces), so a peer announcing gigabytes and sending a few bytes costs nothing.
+    With a ``sink``, each checked chunk's bytes go to it instead of a buffer.
     """
 
-    def __init__(self, *, max_bytes: int) -> None:
+    def __init__(self, *, max_bytes: int, sink: Callable[[bytes], object] | None = None) -> None:
         self.max_bytes = max_bytes
         self.transfer_id = ""
+        self._sink = sink
+        self._received = 0
         self._buffer = bytearray()
         self._total: int | None = None
         self._next_index = 0
@@ -110,16 +173,20 @@ class ChunkAssembler:
             raise ProtocolError(
                 f"transfer {self.transfer_id!r}: chunk {chunk.index} fails its SHA-256 check"
             )
-        if len(self._buffer) + len(data) > self._total:
+        if self._received + len(data) > self._total:
             raise ProtocolError(
                 f"transfer {self.transfer_id!r}: more bytes than the announced {self._total}"
             )
-        self._buffer += data
+        if self._sink is None:
+            self._buffer += data
+        else:
+            self._sink(data)
+        self._received += len(data)
         self._next_index += 1
         if chunk.last:
-            if len(self._buffer) != self._total:
+            if self._received != self._total:
                 raise ProtocolError(
-                    f"transfer {self.transfer_id!r} ended after {len(self._buffer)} of "
+                    f"transfer {self.transfer_id!r} ended after {self._received} of "
                     f"{self._total} bytes"
                 )
             self.complete = True
@@ -130,8 +197,15 @@ class ChunkAssembler:
         """Whether a first chunk has arrived."""
         return self._total is not None
 
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        return self._received
+
     def frame(self) -> memoryview:
-        """The reassembled frame (once complete)."""
+        """The reassembled frame (once complete; not kept with a ``sink``)."""
+        if self._sink is not None:
+            raise ProtocolError(f"transfer {self.transfer_id!r} went to a sink, not a buffer")
         if not self.complete:
             raise ProtocolError(f"transfer {self.transfer_id!r} is incomplete")
         return memoryview(self._buffer)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,6 +47,7 @@ class GrpcGrid(Grid):
         observer: RunObserver | None = None,
         max_frame_bytes: int = 8 * 1024**3,
         local_replies: bool = False,
+        staging_dir: str | Path | None = None,
     ) -> None:
         super().__init__(run_id=run_id, observer=observer)
         if credentials is not None:
@@ -55,6 +59,8 @@ class GrpcGrid(Grid):
         self._max_frame_bytes = max_frame_bytes
         #: On the server's machine: map reply files rather than stream them.
         self._local_replies = local_replies
+        #: On the server's machine: write contents there rather than upload them.
+        self._staging_dir = None if staging_dir is None else Path(staging_dir)
 
     def node_info(self) -> list[NodeInfo]:
         try:
@@ -81,7 +87,9 @@ class GrpcGrid(Grid):
         for message in batch:
             groups.setdefault(id(message.content), []).append(message)
         for group in groups.values():
-            if len(group) == 1:
+            if self._staging_dir is not None:
+                self._send_local(group)
+            elif len(group) == 1:
                 self._send_one(group[0])
             else:
                 self._send_broadcast(group)
@@ -111,7 +119,23 @@ class GrpcGrid(Grid):
 
         self._call("sending instructions", self._stub.SendBroadcast, chunks())
 
-    def _call(self, what: str, method: Any, request: Iterator[pb.Chunk]) -> None:
+    def _send_local(self, group: list[Message]) -> None:
+        """Write the shared content where the server takes it over: no upload at all."""
+        assert self._staging_dir is not None
+        path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
+        try:
+            with open(path, "xb") as file:
+                file.writelines(recorddict_to_segments(group[0].content))
+            request = pb.BroadcastFile(
+                path=str(path),
+                instructions_json=json.dumps([asdict(message.metadata) for message in group]),
+            )
+            self._call("sending instructions", self._stub.SendBroadcastLocal, request)
+        finally:
+            if path.exists():  # the server moves it on success; clean up after a refusal
+                os.unlink(path)
+
+    def _call(self, what: str, method: Any, request: Any) -> None:
         try:
             method(request, metadata=self._metadata, timeout=600)
         except grpc.RpcError as exc:

@@ -36,10 +36,19 @@ from pollinate.runtime.grpc._common import (
     RUN_TOKEN_KEY,
     metadata_value,
 )
-from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks, read_frames
+from pollinate.runtime.grpc.chunks import (
+    ChunkAssembler,
+    chunk_digests,
+    iter_cached_chunks,
+    iter_chunks,
+)
 from pollinate.runtime.grpc.security import AuthenticationError, RequestVerifier
-from pollinate.runtime.grpc.state import StateStore
-from pollinate.serde import message_from_bytes, message_to_segments, recorddict_from_bytes
+from pollinate.runtime.grpc.state import InstructionRow, StagedFile, StateStore
+from pollinate.serde import (
+    message_from_bytes,
+    message_parts_from_content,
+    recorddict_from_bytes,
+)
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
 
@@ -49,6 +58,7 @@ log = logging.getLogger("pollinate.server")
 
 _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
 _INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
+_CACHED_CONTENTS = 2  # broadcast contents kept mapped with their chunk digests (train, evaluate)
 
 
 @dataclass
@@ -80,6 +90,23 @@ class Coordinator:
         self._node_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._contents: dict[str, tuple[memoryview, list[bytes]]] = {}
+        self._contents_lock = threading.Lock()
+
+    def content(self, row: InstructionRow) -> tuple[memoryview, list[bytes]]:
+        """A broadcast's stored content, mapped, with the digests of its data section's
+        chunks: hashed once, however many nodes it goes to."""
+        key = str(row.path)
+        with self._contents_lock:  # one thread hashes; the others wait for its result
+            cached = self._contents.get(key)
+            if cached is None:
+                frame = self.store.read_blob(row.path)
+                _, data = message_parts_from_content(row.metadata, frame)
+                cached = (frame, chunk_digests(data))
+                self._contents[key] = cached
+                while len(self._contents) > _CACHED_CONTENTS:
+                    self._contents.pop(next(iter(self._contents)))
+            return cached
 
     def notify(self) -> None:
         """Wake every waiting stream: something they may wait for changed."""
@@ -129,6 +156,7 @@ class Coordinator:
             # The ServerApp runs beside the state: it maps reply files instead of
             # receiving them through the socket.
             "POLLINATE_LOCAL_REPLIES": "1",
+            "POLLINATE_STAGING_DIR": str(self.store.staging_dir),
             "PYTHONUNBUFFERED": "1",
         }
         with self._lock:
@@ -234,16 +262,34 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> N
 
 
 def _receive_frame(
-    chunks: Iterator[pb.Chunk], context: grpc.ServicerContext, max_bytes: int
+    chunks: Iterator[pb.Chunk],
+    context: grpc.ServicerContext,
+    max_bytes: int,
+    staged: StagedFile | None = None,
 ) -> memoryview:
-    assembler = ChunkAssembler(max_bytes=max_bytes)
+    """One transfer from the stream: in memory, or written to ``staged`` as it arrives
+    (then mapped back read-only)."""
+    assembler = ChunkAssembler(max_bytes=max_bytes, sink=None if staged is None else staged.write)
     try:
         for chunk in chunks:
             if assembler.add(chunk):
-                return assembler.frame()
+                return assembler.frame() if staged is None else staged.map()
     except ProtocolError as exc:
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk")
+
+
+def _deliveries(
+    chunks: Iterator[pb.Chunk], run_info: tuple[str, str, str] | None
+) -> Iterator[pb.Delivery]:
+    """Chunks as deliveries, the first carrying the run's app name, version and config."""
+    first = True
+    for chunk in chunks:
+        delivery = pb.Delivery(chunk=chunk)
+        if first and run_info is not None:
+            delivery.app_name, delivery.app_version, delivery.run_config_json = run_info
+        first = False
+        yield delivery
 
 
 def _decode(frame: memoryview, context: grpc.ServicerContext) -> Message:
@@ -333,17 +379,20 @@ class FleetServicer(rpc.FleetServicer):
                 if instruction.state != "queued":
                     continue
                 run = self.c.store.run(instruction.metadata.run_id)
-                frame = self.c.store.read_blob(instruction.path)
-                first = True
-                for chunk in iter_chunks(instruction.metadata.message_id, [frame]):
-                    delivery = pb.Delivery(chunk=chunk)
-                    if first and run is not None:
-                        delivery.app_name = run.app_name
-                        delivery.app_version = run.app_version
-                        delivery.run_config_json = json.dumps(dict(run.config))
-                    first = False
-                    yield delivery
-                self.c.store.mark_delivered(instruction.metadata.message_id)
+                run_info = (
+                    None
+                    if run is None
+                    else (run.app_name, run.app_version, json.dumps(dict(run.config)))
+                )
+                message_id = instruction.metadata.message_id
+                if instruction.content_only:
+                    content, digests = self.c.content(instruction)
+                    head, data = message_parts_from_content(instruction.metadata, content)
+                    chunks = iter_cached_chunks(message_id, head, data, digests)
+                else:
+                    chunks = iter_chunks(message_id, [self.c.store.read_blob(instruction.path)])
+                yield from _deliveries(chunks, run_info)
+                self.c.store.mark_delivered(message_id)
                 sent_any = True
             if not sent_any:
                 work.wait(_WAIT_SLICE)
@@ -358,18 +407,25 @@ class FleetServicer(rpc.FleetServicer):
                 f"missing {NODE_ID_KEY} metadata with the node id",
             )
         node_id = self._node(context, "PushReply", int(claimed))
-        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
-        reply = _decode(frame, context)
-        if not reply.is_reply or reply.metadata.src_node_id != node_id:
-            _abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"node {node_id} may only send its own replies",
-            )
+        staged = self.c.store.stage()
         try:
-            accepted = self.c.store.add_reply(reply.metadata, [frame])
-        except (ProtocolError, PollinateError) as exc:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            frame = _receive_frame(
+                request_iterator, context, self.c.settings.max_frame_bytes, staged
+            )
+            metadata = _decode(frame, context).metadata
+            del frame  # the decoded arrays map the file; only the metadata is needed
+            if not metadata.reply_to_message_id or metadata.src_node_id != node_id:
+                _abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node {node_id} may only send its own replies",
+                )
+            try:
+                accepted = self.c.store.add_reply(metadata, staged)
+            except (ProtocolError, PollinateError) as exc:
+                _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            staged.discard()  # a no-op once the store moved it into place
         self.c.store.heartbeat(node_id)
         self.c.notify()
         return pb.PushReplyResponse(accepted=accepted)
@@ -403,60 +459,13 @@ class GridIoServicer(rpc.GridIoServicer):
 
     def Send(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
         run_id = self._run(context)
-        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
-        message = _decode(frame, context)
-        if message.is_reply or message.metadata.run_id != run_id:
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"only instructions of run {run_id} can be sent with this token",
-            )
-        node = self.c.store.node(message.metadata.dst_node_id)
-        if node is None:
-            _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"no node {message.metadata.dst_node_id} is registered",
-            )
-        self.c.store.add_instruction(message.metadata, [frame])
-        self.c.node_event(node.node_id).set()
-        if not node.online:  # fail fast rather than wait for a node known to be gone
-            self.c.store.fail_pending_for_node(
-                node.node_id,
-                code=ErrorCode.NODE_UNAVAILABLE,
-                reason=f"node {node.node_id} is offline",
-            )
-        self.c.notify()
-        return pb.SendResponse(message_id=message.metadata.message_id)
-
-    def SendBroadcast(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
-    ) -> Any:
-        run_id = self._run(context)
+        staged = self.c.store.stage()
         try:
-            frames = [
-                frame
-                for _, frame in read_frames(
-                    request_iterator, max_bytes=self.c.settings.max_frame_bytes
-                )
-            ]
-        except ProtocolError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if len(frames) != 2:
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"a broadcast is 2 transfers (content, instructions), got {len(frames)}",
+            frame = _receive_frame(
+                request_iterator, context, self.c.settings.max_frame_bytes, staged
             )
-        try:
-            content = recorddict_from_bytes(frames[0])
-            listing = recorddict_from_bytes(frames[1]).get_kind(_INSTRUCTIONS, ConfigRecord)
-            entries = json.loads(str(listing["json"]))
-            metadatas = [Metadata(**entry) for entry in entries]
-        except (PollinateError, ValueError, TypeError, KeyError) as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed broadcast: {exc}")
-        ids = []
-        for metadata in metadatas:
+            metadata = _decode(frame, context).metadata
+            del frame
             if metadata.reply_to_message_id or metadata.run_id != run_id:
                 _abort(
                     context,
@@ -470,11 +479,18 @@ class GridIoServicer(rpc.GridIoServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"no node {metadata.dst_node_id} is registered",
                 )
-            try:
-                segments = message_to_segments(Message.from_parts(metadata, content, None))
-            except PollinateError as exc:
-                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed metadata: {exc}")
-            self.c.store.add_instruction(metadata, segments)
+            self.c.store.add_instruction(metadata, staged)
+        finally:
+            staged.discard()
+        self._queued([metadata])
+        return pb.SendResponse(message_id=metadata.message_id)
+
+    def _queued(self, metadatas: list[Metadata]) -> None:
+        """Wake the destination nodes; fail at once what went to nodes known to be gone."""
+        for metadata in metadatas:
+            node = self.c.store.node(metadata.dst_node_id)
+            if node is None:
+                continue
             self.c.node_event(node.node_id).set()
             if not node.online:
                 self.c.store.fail_pending_for_node(
@@ -482,9 +498,82 @@ class GridIoServicer(rpc.GridIoServicer):
                     code=ErrorCode.NODE_UNAVAILABLE,
                     reason=f"node {node.node_id} is offline",
                 )
-            ids.append(metadata.message_id)
         self.c.notify()
-        return pb.SendBroadcastResponse(message_ids=ids)
+
+    def SendBroadcast(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Any:
+        run_id = self._run(context)
+        staged = self.c.store.stage()
+        try:
+            _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes, staged)
+            listing = _receive_frame(request_iterator, context, 64 * 1024 * 1024)
+            try:
+                record = recorddict_from_bytes(listing).get_kind(_INSTRUCTIONS, ConfigRecord)
+                entries = json.loads(str(record["json"]))
+            except (PollinateError, ValueError, TypeError, KeyError) as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed broadcast: {exc}")
+            if next(request_iterator, None) is not None:
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "a broadcast is 2 transfers (content, instructions), got more",
+                )
+            return self._broadcast(run_id, entries, staged, context)
+        finally:
+            staged.discard()
+
+    def SendBroadcastLocal(self, request: pb.BroadcastFile, context: grpc.ServicerContext) -> Any:
+        run_id = self._run(context)
+        try:
+            staged = self.c.store.adopt(request.path)
+        except PollinateError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            try:
+                entries = json.loads(request.instructions_json)
+            except ValueError as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed broadcast: {exc}")
+            return self._broadcast(run_id, entries, staged, context)
+        finally:
+            staged.discard()
+
+    def _broadcast(
+        self, run_id: int, entries: Any, staged: StagedFile, context: grpc.ServicerContext
+    ) -> pb.SendBroadcastResponse:
+        """Check a broadcast's content and instructions, then store the content once."""
+        content_frame = staged.map()
+        try:
+            recorddict_from_bytes(content_frame)  # refuse a malformed content now
+            if not isinstance(entries, list) or not entries:
+                raise ValueError("the instructions must be a non-empty JSON list")
+            metadatas = [Metadata(**entry) for entry in entries]
+        except (PollinateError, ValueError, TypeError) as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed broadcast: {exc}")
+        for metadata in metadatas:
+            if metadata.reply_to_message_id or metadata.run_id != run_id:
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"only instructions of run {run_id} can be sent with this token",
+                )
+            if self.c.store.node(metadata.dst_node_id) is None:
+                _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no node {metadata.dst_node_id} is registered",
+                )
+            try:
+                message_parts_from_content(metadata, content_frame)
+            except PollinateError as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed metadata: {exc}")
+        del content_frame
+        try:
+            self.c.store.add_broadcast(metadatas, staged)
+        except PollinateError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._queued(metadatas)
+        return pb.SendBroadcastResponse(message_ids=[m.message_id for m in metadatas])
 
     def _arrivals(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         """Stored replies to the requested instructions, as they arrive, until all came,
@@ -523,8 +612,12 @@ class GridIoServicer(rpc.GridIoServicer):
         server_round_text = metadata_value(context.invocation_metadata(), "x-pollinate-round")
         if server_round_text is None or not server_round_text.isdigit():
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "missing x-pollinate-round")
-        frame = _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes)
-        self.c.store.save_checkpoint(run_id, int(server_round_text), [frame])
+        staged = self.c.store.stage(hashed=True)
+        try:
+            _receive_frame(request_iterator, context, self.c.settings.max_frame_bytes, staged)
+            self.c.store.save_checkpoint(run_id, int(server_round_text), staged)
+        finally:
+            staged.discard()
         return pb.SendResponse(message_id=f"checkpoint-{server_round_text}")
 
     def LoadCheckpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Any:

@@ -18,6 +18,13 @@ Design notes:
   ``synchronous=FULL`` in WAL mode, so a commit that returned survives a crash or power
   loss. A crash between the two leaves a file no row points to; the next open sweeps
   such orphans (and every ``tmp/`` file), so a half-written reply is never visible.
+- **Shared content.** A broadcast (one content for many nodes) is stored once: each
+  node's instruction row points at the same RecordDict frame (``content_only``) and its
+  message frame is made when it is sent, from the row's metadata and that content
+  (:func:`pollinate.serde.message_parts_from_content`).
+- **Bytes straight to disk.** Receivers write into a :class:`StagedFile` (a file in
+  ``tmp/``) as chunks arrive and hand it to the store, which renames it into place: no
+  frame is ever held whole in memory.
 - **Exactly once.** Replies are unique by message id *and* by the instruction they
   answer (``UNIQUE`` constraints, so the check holds even between racing threads): the
   first reply to an instruction wins, whether a node's or an error made here for a dead
@@ -87,13 +94,14 @@ __all__ = [
     "NodeRow",
     "ReplyRow",
     "RunRow",
+    "StagedFile",
     "StateStore",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The layout version this code writes; a database with a higher one is refused.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: The statuses a run may have.
 RUN_STATUSES: Final = ("pending", "running", "completed", "failed", "stopped")
 #: How many checkpoints are kept per run (the newest ones).
@@ -159,7 +167,9 @@ CREATE TABLE instructions (
     state TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'replied')),
     queued_at REAL NOT NULL,
     delivered_at REAL,
-    blob TEXT NOT NULL REFERENCES blobs (path)
+    blob TEXT NOT NULL REFERENCES blobs (path),
+    -- 1: the blob is the content (a RecordDict frame) shared by a broadcast's instructions
+    content_only INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX instructions_by_node ON instructions (dst_node_id, state, created_at);
 CREATE INDEX instructions_by_run ON instructions (run_id);
@@ -245,6 +255,9 @@ class InstructionRow:
     size: int
     queued_at: float
     delivered_at: float | None
+    #: The blob at ``path`` is the content only (a RecordDict frame shared with other
+    #: instructions); the message frame is made from it and ``metadata`` when sent.
+    content_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,6 +297,61 @@ class _Blob:
     rel: str
     sha256: str
     size: int
+
+
+class StagedFile:
+    """A blob being received: bytes written to a file in the store's ``tmp/`` as they
+    arrive, then handed to :meth:`StateStore.add_reply`, :meth:`StateStore.add_broadcast`
+    or :meth:`StateStore.save_checkpoint`, which move it into place.
+
+    Get one from :meth:`StateStore.stage` (or :meth:`StateStore.adopt` for a file a
+    local process wrote); :meth:`discard` it if the transfer fails.
+    """
+
+    def __init__(self, path: Path, *, hashed: bool, size: int = 0, writable: bool = True) -> None:
+        self.path = path
+        self.size = size
+        self._digest = hashlib.sha256() if hashed else None
+        self._file = open(path, "xb") if writable else None  # noqa: SIM115 - closed in finish
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` (a checked chunk)."""
+        if self._file is None:
+            raise ConfigError(f"staged file {self.path} is closed for writing")
+        self._file.write(data)
+        if self._digest is not None:
+            self._digest.update(data)
+        self.size += len(data)
+
+    def finish(self, *, sync: bool) -> str:
+        """Close the file (fsync'd if ``sync``); returns its SHA-256, or "" if not hashed."""
+        if self._file is not None:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        elif sync:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return "" if self._digest is None else self._digest.hexdigest()
+
+    def map(self) -> memoryview:
+        """The bytes written so far, memory-mapped read-only (e.g. to decode the frame)."""
+        if self._file is not None:
+            self._file.flush()
+        return _map_blob(self.path, expected_size=self.size, expected_sha256=None)
+
+    def discard(self) -> None:
+        """Close and delete the file (a failed or refused transfer); idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
 
 # --------------------------------------------------------------------------- store
@@ -451,7 +519,11 @@ class StateStore:
                     f"version {version}; this version reads up to {SCHEMA_VERSION}): upgrade "
                     "pollinate, or use another --state path"
                 )
-            # version < SCHEMA_VERSION: upgrades go here when the layout changes.
+            if version < 2:  # version 2 shares a broadcast's content between instructions
+                conn.execute(
+                    "ALTER TABLE instructions ADD COLUMN content_only INTEGER NOT NULL DEFAULT 0"
+                )
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _sweep_orphans(self) -> None:
         """Delete ``tmp/`` files and blob files no row records (a crash before commit)."""
@@ -517,14 +589,61 @@ class StateStore:
     def _abs(self, rel: str) -> Path:
         return self._blob_dir / rel
 
-    def _write_blob(self, kind: str, segments: Iterable[Segment], *, sync: bool = True) -> _Blob:
+    def stage(self, *, hashed: bool = False) -> StagedFile:
+        """A new file in ``tmp/`` to receive a blob into (``hashed``: keep its SHA-256,
+        which checkpoints need; replies and instructions are checked chunk by chunk on
+        arrival instead)."""
+        return StagedFile(self._blob_dir / "tmp" / f"{uuid.uuid4().hex}.part", hashed=hashed)
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where a process on this machine may write a file for :meth:`adopt`."""
+        return self._blob_dir / "tmp"
+
+    def adopt(self, path: Path | str) -> StagedFile:
+        """A file that a process on this machine wrote into :attr:`staging_dir` (the
+        ServerApp writes a broadcast's content there instead of uploading it).
+
+        Raises
+        ------
+        ConfigError
+            If ``path`` is not a regular file directly inside :attr:`staging_dir`.
+        """
+        candidate = Path(path)
+        staging = self.staging_dir.resolve()
+        if (
+            candidate.parent.resolve() != staging
+            or candidate.is_symlink()
+            or not candidate.is_file()
+            or not candidate.name.endswith(".upload")
+        ):
+            raise ConfigError(f"{path} is not an upload file (*.upload) inside {self.staging_dir}")
+        size = candidate.stat().st_size
+        return StagedFile(staging / candidate.name, hashed=False, size=size, writable=False)
+
+    def _write_blob(
+        self, kind: str, segments: Iterable[Segment] | StagedFile, *, sync: bool = True
+    ) -> _Blob:
         """Write segments to a new blob file: tmp file, fsync, rename, fsync dir.
 
         ``sync=False`` skips the fsyncs, for data that is re-created after a crash anyway
         (instructions: a resumed run sends its round again); a process crash still
-        loses nothing, only an operating-system crash could.
+        loses nothing, only an operating-system crash could. A :class:`StagedFile` is
+        moved into place instead of copied.
         """
         name = f"{uuid.uuid4().hex}.bin"
+        if isinstance(segments, StagedFile):
+            try:
+                digest_hex = segments.finish(sync=sync)
+                if kind == "checkpoints" and not digest_hex:  # checkpoints are verified
+                    digest_hex = hashlib.sha256(segments.map()).hexdigest()
+                os.replace(segments.path, self._blob_dir / kind / name)
+            except BaseException:
+                segments.discard()
+                raise
+            if sync:
+                _fsync_dir(self._blob_dir / kind)
+            return _Blob(f"{kind}/{name}", digest_hex, segments.size)
         tmp = self._blob_dir / "tmp" / (name + ".tmp")
         digest = hashlib.sha256()
         size = 0
@@ -815,7 +934,7 @@ class StateStore:
 
     # ----------------------------------------------------------------- instructions
 
-    def add_instruction(self, metadata: Metadata, segments: Iterable[Segment]) -> None:
+    def add_instruction(self, metadata: Metadata, segments: Iterable[Segment] | StagedFile) -> None:
         """Store an instruction for ``metadata.dst_node_id`` in state ``"queued"``.
 
         The frame is written durably before the row is committed. Idempotent: adding a
@@ -867,6 +986,62 @@ class StateStore:
         finally:
             if not inserted:
                 self._discard_blob_files([blob.rel])
+
+    def add_broadcast(
+        self, metadatas: Sequence[Metadata], content: Iterable[Segment] | StagedFile
+    ) -> list[str]:
+        """Store instructions that share one content, the content once.
+
+        Each instruction's frame is made from its metadata and the stored content when it
+        is sent (see the module notes). Ids already stored are skipped, like
+        :meth:`add_instruction`; the ids stored now are returned.
+
+        Parameters
+        ----------
+        metadatas:
+            One instruction's metadata per destination node.
+        content:
+            The shared content as a RecordDict frame
+            (:func:`pollinate.serde.recorddict_to_segments`), or a :class:`StagedFile`
+            holding one.
+
+        Raises
+        ------
+        ConfigError
+            If a metadata is a reply's, or the run does not exist.
+        NodeUnavailableError
+            If a destination node never registered.
+        """
+        for metadata in metadatas:
+            if metadata.reply_to_message_id:
+                raise ConfigError(f"message {metadata.message_id} is a reply, not an instruction")
+            _check_message_id(metadata.message_id, ConfigError)
+        blob = self._write_blob("instructions", content, sync=False)
+        stored: list[str] = []
+        try:
+            with self._write() as conn:
+                for metadata in metadatas:
+                    self._check_instruction_refs(conn, metadata)
+                    if conn.execute(
+                        "SELECT 1 FROM instructions WHERE message_id = ?", (metadata.message_id,)
+                    ).fetchone():
+                        continue
+                    if not stored:
+                        self._insert_blob(conn, blob)
+                    conn.execute(
+                        f"INSERT INTO instructions ({_METADATA_COLUMNS}, state, queued_at,"
+                        " delivered_at, blob, content_only)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, NULL, ?, 1)",
+                        (*_metadata_values(metadata), self._now(), blob.rel),
+                    )
+                    stored.append(metadata.message_id)
+        except BaseException:
+            stored = []
+            raise
+        finally:
+            if not stored:
+                self._discard_blob_files([blob.rel])
+        return stored
 
     def _check_instruction_refs(self, conn: sqlite3.Connection, metadata: Metadata) -> None:
         if not conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (metadata.run_id,)).fetchone():
@@ -935,7 +1110,7 @@ class StateStore:
 
     # ----------------------------------------------------------------- replies
 
-    def add_reply(self, metadata: Metadata, segments: Iterable[Segment]) -> bool:
+    def add_reply(self, metadata: Metadata, segments: Iterable[Segment] | StagedFile) -> bool:
         """Store a node's reply durably; return ``False`` if it is a duplicate.
 
         When this returns ``True`` the frame is fsync'd and the row committed, so the
@@ -960,6 +1135,8 @@ class StateStore:
             destination, or reuses the message id of a reply to another instruction.
         """
         if not self._check_reply(metadata):
+            if isinstance(segments, StagedFile):
+                segments.discard()
             return False  # a known duplicate: do not even write its bytes
         blob = self._write_blob("replies", segments)
         stored = False
@@ -1235,7 +1412,7 @@ class StateStore:
         self,
         run_id: int,
         server_round: int,
-        segments: Iterable[Segment],
+        segments: Iterable[Segment] | StagedFile,
         *,
         meta: Mapping[str, str | int | float] | None = None,
     ) -> None:
@@ -1369,6 +1546,7 @@ class StateStore:
             size=int(row["size"]),
             queued_at=float(row["queued_at"]),
             delivered_at=None if delivered is None else float(delivered),
+            content_only=bool(row["content_only"]),
         )
 
     def _reply_row(self, row: sqlite3.Row) -> ReplyRow:

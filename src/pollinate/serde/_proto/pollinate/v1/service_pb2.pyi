@@ -636,6 +636,33 @@ class ReceiveRequest(_message.Message):
 Global___ReceiveRequest: _TypeAlias = ReceiveRequest  # noqa: Y015
 
 @_typing.final
+class BroadcastFile(_message.Message):
+    """A broadcast whose content a ServerApp process on the server's own machine wrote as a
+    file into the server's staging directory (named *.upload), instead of uploading it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_JSON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    instructions_json: _builtins.str
+    """A JSON list of the instructions' metadata, as in SendBroadcast."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        instructions_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions_json", b"instructions_json", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BroadcastFile: _TypeAlias = BroadcastFile  # noqa: Y015
+
+@_typing.final
 class ReplyLocation(_message.Message):
     """Where a stored reply frame lives, for a ServerApp process on the server's own machine."""
 

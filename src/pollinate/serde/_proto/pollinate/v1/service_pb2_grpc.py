@@ -453,6 +453,11 @@ class GridIoStub:
                 request_serializer=pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
                 response_deserializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
                 _registered_method=True)
+        self.SendBroadcastLocal = channel.unary_unary(
+                '/pollinate.v1.GridIo/SendBroadcastLocal',
+                request_serializer=pollinate_dot_v1_dot_service__pb2.BroadcastFile.SerializeToString,
+                response_deserializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
+                _registered_method=True)
         self.Receive = channel.unary_stream(
                 '/pollinate.v1.GridIo/Receive',
                 request_serializer=pollinate_dot_v1_dot_service__pb2.ReceiveRequest.SerializeToString,
@@ -496,6 +501,13 @@ class GridIoServicer:
         first the content (a RecordDict frame), then a RecordDict frame whose ConfigRecord
         "instructions" holds, under "json", a JSON list of the instructions' metadata
         (objects with the fields of envelope.proto's Metadata).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendBroadcastLocal(self, request, context):
+        """The same, with the content in a file the server takes over (same machine only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -546,6 +558,11 @@ def add_GridIoServicer_to_server(servicer, server):
             'SendBroadcast': grpc.stream_unary_rpc_method_handler(
                     servicer.SendBroadcast,
                     request_deserializer=pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
+                    response_serializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.SerializeToString,
+            ),
+            'SendBroadcastLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendBroadcastLocal,
+                    request_deserializer=pollinate_dot_v1_dot_service__pb2.BroadcastFile.FromString,
                     response_serializer=pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.SerializeToString,
             ),
             'Receive': grpc.unary_stream_rpc_method_handler(
@@ -649,6 +666,33 @@ class GridIo:
             target,
             '/pollinate.v1.GridIo/SendBroadcast',
             pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
+            pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendBroadcastLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.GridIo/SendBroadcastLocal',
+            pollinate_dot_v1_dot_service__pb2.BroadcastFile.SerializeToString,
             pollinate_dot_v1_dot_service__pb2.SendBroadcastResponse.FromString,
             options,
             channel_credentials,

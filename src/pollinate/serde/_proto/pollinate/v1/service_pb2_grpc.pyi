@@ -159,6 +159,8 @@ class GridIoStub:
     "instructions" holds, under "json", a JSON list of the instructions' metadata
     (objects with the fields of envelope.proto's Metadata).
     """
+    SendBroadcastLocal: _grpc.UnaryUnaryMultiCallable[_service_pb2.BroadcastFile, _service_pb2.SendBroadcastResponse]
+    """The same, with the content in a file the server takes over (same machine only)."""
     Receive: _grpc.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
     ReceiveLocal: _grpc.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.ReplyLocation]
@@ -182,6 +184,8 @@ class GridIoAsyncStub(GridIoStub):
     "instructions" holds, under "json", a JSON list of the instructions' metadata
     (objects with the fields of envelope.proto's Metadata).
     """
+    SendBroadcastLocal: _aio.UnaryUnaryMultiCallable[_service_pb2.BroadcastFile, _service_pb2.SendBroadcastResponse]  # type: ignore[assignment]
+    """The same, with the content in a file the server takes over (same machine only)."""
     Receive: _aio.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.Chunk]  # type: ignore[assignment]
     """Reply frames for the given instructions as they arrive, until all came or timeout."""
     ReceiveLocal: _aio.UnaryStreamMultiCallable[_service_pb2.ReceiveRequest, _service_pb2.ReplyLocation]  # type: ignore[assignment]
@@ -220,6 +224,14 @@ class GridIoServicer(metaclass=_abc_1.ABCMeta):
         "instructions" holds, under "json", a JSON list of the instructions' metadata
         (objects with the fields of envelope.proto's Metadata).
         """
+
+    @_abc_1.abstractmethod
+    def SendBroadcastLocal(
+        self,
+        request: _service_pb2.BroadcastFile,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SendBroadcastResponse, _abc.Awaitable[_service_pb2.SendBroadcastResponse]]:
+        """The same, with the content in a file the server takes over (same machine only)."""
 
     @_abc_1.abstractmethod
     def Receive(
