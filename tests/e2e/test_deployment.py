@@ -8,6 +8,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from pollinate.testing.processes import Processes, free_port, wait_for
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
@@ -51,9 +53,14 @@ def _nodes(procs: Processes, port: int, app: str, count: int, *extra: str) -> No
     )
 
 
-def test_quickstart_over_one_server_and_five_nodes(procs: Processes) -> None:
+@pytest.mark.parametrize("serverapp", ["local", "over-network"])
+def test_quickstart_over_one_server_and_five_nodes(procs: Processes, serverapp: str) -> None:
+    # "local": the ServerApp writes contents into the server's staging directory and maps
+    # reply files; "over-network": it uploads and downloads them as one on another
+    # machine would.
     port = free_port()
-    _server(procs, port, "--insecure")
+    extra = ("--serverapp-over-network",) if serverapp == "over-network" else ()
+    _server(procs, port, "--insecure", *extra)
     _nodes(procs, port, str(QUICKSTART), 5, "--insecure")
 
     result = procs.run(
@@ -193,3 +200,22 @@ def test_a_300_mb_model_makes_the_round_trip(procs: Processes) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"bytes {78643200 * 4} equal True" in result.stdout
+
+
+def test_a_single_instruction_over_the_network_path_arrives_intact(procs: Processes) -> None:
+    # One node: single instructions (not broadcasts), uploaded by the ServerApp through
+    # the socket as from another machine; 4 MB spans several chunks.
+    port = free_port()
+    _server(procs, port, "--insecure", "--serverapp-over-network", interval="5")
+    _nodes(procs, port, str(BIGAPP), 1, "--insecure")
+    result = procs.run(
+        "run",
+        str(BIGAPP),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--insecure",
+        "--config",
+        "num-parameters=1000003",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"bytes {1000003 * 4} equal True" in result.stdout

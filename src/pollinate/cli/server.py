@@ -46,6 +46,12 @@ __all__ = ["server"]
     show_default=True,
     help="Seconds; a node silent for two intervals is dead.",
 )
+@click.option(
+    "--serverapp-over-network",
+    is_flag=True,
+    hidden=True,
+    help="Runs' ServerApps send and receive through the socket, not the state directory.",
+)
 def server(
     address: str,
     state: Path,
@@ -53,6 +59,7 @@ def server(
     insecure: bool,
     authorized_keys: Path | None,
     heartbeat_interval: float,
+    serverapp_over_network: bool,
 ) -> None:
     """Run the coordinator: nodes connect here, runs are submitted here."""
     from pollinate.runtime.grpc import security
@@ -87,6 +94,7 @@ def server(
         root_certificate=root if root is not None and root.is_file() else None,
         verifier=verifier,
         heartbeat_interval=heartbeat_interval,
+        local_serverapp=not serverapp_over_network,
     )
     from pollinate.runtime.grpc._common import return_large_buffers_to_the_os
 

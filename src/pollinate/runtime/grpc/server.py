@@ -74,6 +74,10 @@ class ServerSettings:
     max_frame_bytes: int = 8 * 1024**3
     max_threads: int = 2048
     child_env: dict[str, str] = field(default_factory=dict)
+    #: The ServerApp maps reply files and writes contents into the state's staging
+    #: directory (it runs on this machine); False makes it use the network, as one on
+    #: another machine would (tests cover both paths this way).
+    local_serverapp: bool = True
 
 
 class Coordinator:
@@ -153,12 +157,16 @@ class Coordinator:
             "POLLINATE_RUN_TOKEN": token,
             "POLLINATE_APP_DIR": run.app_dir,
             "POLLINATE_RUN_CONFIG": json.dumps(dict(run.config)),
-            # The ServerApp runs beside the state: it maps reply files instead of
-            # receiving them through the socket.
-            "POLLINATE_LOCAL_REPLIES": "1",
-            "POLLINATE_STAGING_DIR": str(self.store.staging_dir),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.settings.local_serverapp:
+            # The ServerApp runs beside the state: it maps reply files instead of
+            # receiving them, and writes contents where the server takes them over.
+            env["POLLINATE_LOCAL_REPLIES"] = "1"
+            env["POLLINATE_STAGING_DIR"] = str(self.store.staging_dir)
+        else:
+            env.pop("POLLINATE_LOCAL_REPLIES", None)
+            env.pop("POLLINATE_STAGING_DIR", None)
         with self._lock:
             self._tokens[token] = run_id
             process = subprocess.Popen(
