@@ -1,0 +1,1 @@
+"""Pollinate XGBoost example: federated gradient-boosted trees by bagging."""
