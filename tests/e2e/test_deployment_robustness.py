@@ -109,12 +109,12 @@ def _malformed(frame_chunks: list[pb.Chunk]) -> Iterable[tuple[list[pb.Chunk], C
     assert len(frame_chunks) >= 3
     bad_hash = [pb.Chunk(), *frame_chunks[1:]]
     bad_hash[0].CopyFrom(frame_chunks[0])
-    bad_hash[0].sha256 = b"\x00" * 32
+    bad_hash[0].digest = b"\x00" * 32
     huge = pb.Chunk()
     huge.CopyFrom(frame_chunks[0])
     huge.total_size = 1 << 40  # 1 TiB, above the server's 8 GiB limit
     garbage = list(iter_chunks("garbage", [os.urandom(1000)], chunk_bytes=256))
-    yield bad_hash, Code.INVALID_ARGUMENT, "chunk 0 fails its SHA-256 check"
+    yield bad_hash, Code.INVALID_ARGUMENT, "chunk 0 fails its hash check"
     yield [frame_chunks[1], *frame_chunks], Code.INVALID_ARGUMENT, "chunk 1 arrived, 0 was"
     yield frame_chunks[:-1], Code.INVALID_ARGUMENT, "the transfer ended before its last chunk"
     yield [huge], Code.INVALID_ARGUMENT, "announces 1099511627776 bytes, more than the"
@@ -194,7 +194,7 @@ def test_malformed_and_forged_streams_are_refused_and_the_server_keeps_serving(
     assert FINAL in out
     assert all(p.poll() is None for p in procs.started[:3]), "server or node died"
     server_log = procs.log("server")
-    assert "fails its SHA-256 check" in server_log and "Traceback" not in server_log
+    assert "fails its hash check" in server_log and "Traceback" not in server_log
     listing = procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure").stdout
     assert re.search(rf"\b{run_id}\s+completed\s+tokenapp", listing), listing
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import tracemalloc
@@ -10,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +18,8 @@ from pollinate.runtime.grpc.chunks import (
     GRPC_MESSAGE_LIMIT,
     MAX_CHUNK_BYTES,
     ChunkAssembler,
+    chunk_digests,
+    iter_cached_chunks,
     iter_chunks,
     read_frames,
 )
@@ -33,14 +35,14 @@ def _chunk(
     total: int | None = None,
     last: bool = True,
     transfer: str = "t",
-    sha256: bytes | None = None,
+    digest: bytes | None = None,
 ) -> pb.Chunk:
     return pb.Chunk(
         transfer_id=transfer,
         total_size=len(data) if total is None else total,
         index=index,
         data=data,
-        sha256=hashlib.sha256(data).digest() if sha256 is None else sha256,
+        digest=xxhash.xxh3_128_digest(data) if digest is None else digest,
         last=last,
     )
 
@@ -60,7 +62,7 @@ def _check_well_formed(chunks: list[pb.Chunk], data: bytes, chunk_bytes: int) ->
         assert chunk.total_size == len(data)
         assert len(chunk.data) <= chunk_bytes
         assert chunk.data or not data  # never empty unless the frame is
-        assert chunk.sha256 == hashlib.sha256(chunk.data).digest()
+        assert chunk.digest == xxhash.xxh3_128_digest(chunk.data)
         assert chunk.last == (position == len(chunks) - 1)
 
 
@@ -206,10 +208,10 @@ def _fails_at(chunks: list[pb.Chunk], match: str, *, max_bytes: int = 1 << 20) -
 def test_a_chunk_whose_bytes_do_not_match_its_hash_is_refused() -> None:
     chunks = _good()
     chunks[2].data = b"89aX"
-    assert _fails_at(chunks, "chunk 2 fails its SHA-256 check") == 2
+    assert _fails_at(chunks, "chunk 2 fails its hash check") == 2
     chunks = _good()
-    chunks[0].sha256 = b""
-    assert _fails_at(chunks, "chunk 0 fails its SHA-256 check") == 0
+    chunks[0].digest = b""
+    assert _fails_at(chunks, "chunk 0 fails its hash check") == 0
 
 
 @pytest.mark.parametrize(
@@ -277,8 +279,37 @@ def test_a_transfer_cut_off_is_an_error_not_a_missing_frame(transfer: str) -> No
 
 def test_read_frames_refuses_what_the_assembler_refuses() -> None:
     chunks = _good()
-    chunks[1].sha256 = hashlib.sha256(b"something else").digest()
-    with pytest.raises(ProtocolError, match="SHA-256"):
+    chunks[1].digest = xxhash.xxh3_128_digest(b"something else")
+    with pytest.raises(ProtocolError, match="hash check"):
         list(read_frames(chunks, max_bytes=64))
     with pytest.raises(ProtocolError, match="announces 16 bytes, more than the 15"):
         list(read_frames(_good(), max_bytes=15))
+
+
+@pytest.mark.parametrize("data_size", [0, 1, 3 * MiB + 5, 2 * MAX_CHUNK_BYTES])
+def test_a_head_and_shared_data_with_cached_digests_reassemble_to_their_concatenation(
+    data_size: int,
+) -> None:
+    # A broadcast: each node's small head, then the content's data hashed once.
+    head = b"head of node 7" * 5
+    data = memoryview(np.random.default_rng(data_size).bytes(data_size))
+    digests = chunk_digests(data)
+    assembler = ChunkAssembler(max_bytes=len(head) + data_size)
+    # Act
+    chunks = list(iter_cached_chunks("m1", head, data, digests))
+    done = [assembler.add(chunk) for chunk in chunks]
+    # Assert
+    assert done[-1] and not any(done[:-1])
+    assert bytes(assembler.frame()) == head + bytes(data)
+    assert all(len(chunk.data) <= MAX_CHUNK_BYTES for chunk in chunks)
+
+
+def test_cached_digests_must_match_the_data_they_describe() -> None:
+    data = memoryview(bytes(2 * MAX_CHUNK_BYTES))
+    with pytest.raises(ValueError, match="1 digests for"):
+        list(iter_cached_chunks("m1", b"h", data, chunk_digests(data)[:1]))
+    stale = [*chunk_digests(memoryview(bytes(MAX_CHUNK_BYTES))), b"x" * 16]
+    assembler = ChunkAssembler(max_bytes=len(data) + 1)
+    with pytest.raises(ProtocolError, match="chunk 2 fails its hash check"):
+        for chunk in iter_cached_chunks("m1", b"h", data, stale):
+            assembler.add(chunk)

@@ -1,7 +1,8 @@
 """Frames in pieces: how payloads of any size cross gRPC.
 
 A frame (see :mod:`pollinate.serde`) is cut into :class:`Chunk` messages of at most
-4 MiB, each with the SHA-256 of its bytes. The receiver checks the transfer id, the
+4 MiB, each with the XXH3-128 hash of its bytes (see ``service.proto`` for why not a
+cryptographic hash). The receiver checks the transfer id, the
 order, every hash and the announced size, and refuses a transfer larger than its limit
 before allocating anything. A receiver either holds the frame in memory or, with a
 ``sink``, hands each checked chunk on (the server writes them straight to a file, so a
@@ -14,9 +15,10 @@ small head followed by that shared data.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
+
+import xxhash
 
 from pollinate.errors import ProtocolError
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
@@ -35,6 +37,11 @@ __all__ = [
 MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024 - 64 * 1024
 #: The gRPC message size both ends allow: one chunk and its fields.
 GRPC_MESSAGE_LIMIT: Final = 5 * 1024 * 1024
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    """A chunk's XXH3-128 digest."""
+    return xxhash.xxh3_128_digest(data)
 
 
 def iter_chunks(
@@ -57,7 +64,7 @@ def iter_chunks(
             total_size=total,
             index=index,
             data=data,
-            sha256=hashlib.sha256(data).digest(),
+            digest=_digest(data),
             last=last,
         )
 
@@ -79,11 +86,10 @@ def iter_chunks(
 
 
 def chunk_digests(data: memoryview, *, chunk_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
-    """The SHA-256 of each ``chunk_bytes`` piece of ``data``, for :func:`iter_cached_chunks`."""
+    """The hash of each ``chunk_bytes`` piece of ``data``, for :func:`iter_cached_chunks`."""
     view = memoryview(data).cast("B")
     return [
-        hashlib.sha256(view[start : start + chunk_bytes]).digest()
-        for start in range(0, view.nbytes, chunk_bytes)
+        _digest(view[start : start + chunk_bytes]) for start in range(0, view.nbytes, chunk_bytes)
     ]
 
 
@@ -109,7 +115,7 @@ def iter_cached_chunks(
         total_size=total,
         index=0,
         data=head,
-        sha256=hashlib.sha256(head).digest(),
+        digest=_digest(head),
         last=not view.nbytes,
     )
     for index, digest in enumerate(digests):
@@ -120,7 +126,7 @@ def iter_cached_chunks(
             total_size=total,
             index=index + 1,
             data=piece,
-            sha256=digest,
+            digest=digest,
             last=start + len(piece) == view.nbytes,
         )
 
@@ -169,9 +175,9 @@ class ChunkAssembler:
         data = chunk.data
         if not data and not chunk.last:
             raise ProtocolError(f"transfer {self.transfer_id!r}: an empty chunk before the last")
-        if hashlib.sha256(data).digest() != chunk.sha256:
+        if _digest(data) != chunk.digest:
             raise ProtocolError(
-                f"transfer {self.transfer_id!r}: chunk {chunk.index} fails its SHA-256 check"
+                f"transfer {self.transfer_id!r}: chunk {chunk.index} fails its hash check"
             )
         if self._received + len(data) > self._total:
             raise ProtocolError(
