@@ -25,6 +25,7 @@ from pollinate.records import ArrayRecord, ErrorCode, Message, MetricRecord, Rec
 from pollinate.runtime.grpc.state import SCHEMA_VERSION, StateStore
 from pollinate.serde import (
     message_from_bytes,
+    message_parts_from_content,
     message_to_segments,
     recorddict_from_bytes,
     recorddict_to_segments,
@@ -694,3 +695,114 @@ def test_foreign_files_and_second_owner_are_refused(db: Path, tmp_path: Path) ->
     store.close()  # idempotent
     with pytest.raises(ConfigError, match="closed"):
         store.runs()
+
+
+# ----------------------------------------------------------------------------- broadcasts
+
+
+def test_a_broadcast_stores_its_content_once_and_each_node_gets_its_own_frame(
+    store: StateStore,
+) -> None:
+    # Arrange
+    run_id = _run(store)
+    nodes = [_node(store) for _ in range(3)]
+    instructions = [_instruction(run_id, node) for node in nodes]
+    content = instructions[0].content
+
+    # Act
+    stored = store.add_broadcast(
+        [i.metadata for i in instructions], recorddict_to_segments(content)
+    )
+    again = store.add_broadcast([instructions[0].metadata], recorddict_to_segments(content))
+
+    # Assert
+    assert stored == [i.metadata.message_id for i in instructions]
+    assert again == []  # already stored: skipped, and its file dropped
+    assert len(_files(store, "instructions")) == 1
+    for node, instruction in zip(nodes, instructions, strict=True):
+        [row] = store.pending_for_node(node)
+        assert row.content_only and row.metadata == instruction.metadata
+        head, data = message_parts_from_content(row.metadata, store.read_blob(row.path))
+        assert head + bytes(data) == b"".join(message_to_segments(instruction))
+    store.delete_run_messages(run_id)
+    assert _files(store, "instructions") == []
+
+
+def test_a_broadcast_to_an_unknown_node_stores_nothing(store: StateStore) -> None:
+    run_id, node = _run(store), _node(store)
+    good, bad = _instruction(run_id, node), _instruction(run_id, node_id=424242)
+    with pytest.raises(NodeUnavailableError, match="424242"):
+        store.add_broadcast([good.metadata, bad.metadata], recorddict_to_segments(good.content))
+    assert store.pending_for_node(node) == []
+    assert _files(store, "instructions") == []
+
+
+def test_a_staged_reply_is_moved_into_place_and_a_duplicate_staged_file_is_removed(
+    store: StateStore,
+) -> None:
+    # Arrange: bytes arrive chunk by chunk into a staged file
+    run_id, node_id = _run(store), _node(store)
+    instruction = _instruction(run_id, node_id)
+    _add(store, instruction)
+    reply = _reply(instruction)
+    frame = b"".join(message_to_segments(reply))
+    staged, duplicate = store.stage(), store.stage()
+    for part in (frame[:10], frame[10:]):
+        staged.write(part)
+        duplicate.write(part)
+
+    # Act
+    assert message_from_bytes(staged.map()).metadata == reply.metadata
+    first, second = (
+        store.add_reply(reply.metadata, staged),
+        store.add_reply(reply.metadata, duplicate),
+    )
+
+    # Assert
+    assert (first, second) == (True, False)
+    [row] = store.replies_for(run_id, [instruction.metadata.message_id])
+    assert bytes(store.read_blob(row.path)) == frame
+    assert list(store.staging_dir.iterdir()) == []  # both staged files are gone
+
+
+def test_only_upload_files_inside_the_staging_directory_are_adopted(
+    store: StateStore, tmp_path: Path
+) -> None:
+    outside = tmp_path / "x.upload"
+    outside.write_bytes(b"data")
+    wrong_name = store.staging_dir / "x.part"
+    wrong_name.write_bytes(b"data")
+    link = store.staging_dir / "link.upload"
+    link.symlink_to(outside)
+    for path in (outside, wrong_name, link, store.staging_dir / "missing.upload"):
+        with pytest.raises(ConfigError, match="not an upload file"):
+            store.adopt(path)
+    good = store.staging_dir / "y.upload"
+    good.write_bytes(b"12345")
+    assert store.adopt(good).size == 5
+
+
+def test_acknowledged_replies_are_committed_with_fsync_and_bookkeeping_without(
+    store: StateStore,
+) -> None:
+    # Which commits pay an fsync: SQLite's synchronous level at each INSERT/UPDATE.
+    run_id, node_id = _run(store), _node(store)
+    instruction = _instruction(run_id, node_id)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    _add(store, instruction)
+    store.mark_delivered(instruction.metadata.message_id)
+    store.heartbeat(node_id)
+    reply = _reply(instruction)
+    store.add_reply(reply.metadata, message_to_segments(reply))
+    store._conn.set_trace_callback(None)  # type: ignore[union-attr]
+
+    level, levels = "FULL", {}
+    for statement in statements:
+        if statement.startswith("PRAGMA synchronous"):
+            level = statement.rsplit(" ", 1)[1]
+        elif statement.startswith(("INSERT INTO", "UPDATE")):
+            levels.setdefault(" ".join(statement.split()[:3]), set()).add(level)
+    assert levels["INSERT INTO replies"] == {"FULL"}
+    assert levels["INSERT INTO instructions"] == {"NORMAL"}
+    assert levels["UPDATE nodes SET"] == {"NORMAL"}

@@ -389,6 +389,7 @@ class StateStore:
         self._clock = clock
         self._blob_dir = self._path.parent / (self._path.name + ".blobs")
         self._lock = threading.RLock()
+        self._synchronous = "FULL"
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_file_lock()
         try:
@@ -557,9 +558,22 @@ class StateStore:
                 yield self._conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``), committed on success."""
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed on success.
+
+        ``durable=False`` commits without an fsync (WAL with ``synchronous=NORMAL``): a
+        process crash still loses nothing and an operating-system crash cannot corrupt
+        the database, but may lose the last such commits. For bookkeeping that is redone
+        or harmless to lose (heartbeats, deliveries, log lines, instructions of a round a
+        resumed run sends again); an acknowledged reply, a run, a node's registration and
+        a checkpoint are committed durably, and each durable commit also makes every
+        earlier one durable.
+        """
         with self._read() as conn:
+            wanted = "FULL" if durable else "NORMAL"
+            if self._synchronous != wanted:
+                conn.execute(f"PRAGMA synchronous = {wanted}")
+                self._synchronous = wanted
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -791,7 +805,7 @@ class StateStore:
         ProtocolError
             If no node with this id is registered (it should register again).
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             cursor = conn.execute(
                 "UPDATE nodes SET last_seen = ?, online = 1 WHERE node_id = ?",
                 (self._now(), node_id),
@@ -814,7 +828,7 @@ class StateStore:
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         cutoff = self._now() - timeout
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             ids = [
                 int(row[0])
                 for row in conn.execute(
@@ -833,7 +847,7 @@ class StateStore:
         ProtocolError
             If no node with this id is registered.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             cursor = conn.execute(
                 "UPDATE nodes SET online = ? WHERE node_id = ?", (int(bool(online)), node_id)
             )
@@ -904,7 +918,7 @@ class StateStore:
         ConfigError
             If the run does not exist.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             if not conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise _unknown_run(run_id)
             seq = int(
@@ -970,7 +984,7 @@ class StateStore:
         blob = self._write_blob("instructions", segments, sync=False)
         inserted = False
         try:
-            with self._write() as conn:
+            with self._write(durable=False) as conn:
                 if conn.execute(
                     "SELECT 1 FROM instructions WHERE message_id = ?", (metadata.message_id,)
                 ).fetchone():
@@ -1019,7 +1033,7 @@ class StateStore:
         blob = self._write_blob("instructions", content, sync=False)
         stored: list[str] = []
         try:
-            with self._write() as conn:
+            with self._write(durable=False) as conn:
                 for metadata in metadatas:
                     self._check_instruction_refs(conn, metadata)
                     if conn.execute(
@@ -1095,7 +1109,7 @@ class StateStore:
         ProtocolError
             If no instruction has this message id.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             row = conn.execute(
                 "SELECT state FROM instructions WHERE message_id = ?", (message_id,)
             ).fetchone()
@@ -1267,7 +1281,7 @@ class StateStore:
         ConfigError
             If no reply has this message id.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             cursor = conn.execute(
                 "UPDATE replies SET consumed = 1 WHERE message_id = ?", (message_id,)
             )
@@ -1391,7 +1405,7 @@ class StateStore:
 
     def delete_run_messages(self, run_id: int) -> None:
         """Delete a run's instructions and replies with their blob files (after the run)."""
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             rels = [
                 str(row[0])
                 for row in conn.execute(
