@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from pollinate.privacy.central import DELTA_KEY, EPSILON_KEY
 from pollinate.records import MetricValue
 from pollinate.strategy.history import History, RoundRecord
 
@@ -76,6 +77,11 @@ class ProgressDisplay:
         else:
             self._print_line(line)
 
+    def on_stop(self, server_round: int, reason: str) -> None:
+        """The run ends early: say so, with the reason (e.g. the privacy budget)."""
+        self._progress.update(self._task, status="stopped")
+        self._print_line(f"stopped before round {server_round}: {reason}")
+
     def stop(self) -> None:
         """End the live panel (safe to call twice)."""
         if self._live is not None:
@@ -113,13 +119,33 @@ def _round_text(record: RoundRecord) -> str:
         parts.append(f"eval accuracy {_fmt(record.evaluate.metrics['accuracy'])}")
     if "accuracy" in record.centralized:
         parts.append(f"test accuracy {_fmt(record.centralized['accuracy'])}")
+    privacy = _privacy_text(record)
+    if privacy:
+        parts.append(privacy)
     parts.append(f"{record.seconds:.2f} s")
     return " | ".join(parts)
+
+
+def _privacy_text(record: RoundRecord) -> str:
+    """``ε=1.23 (δ=1e-5)`` when the round reported its privacy budget, else ``""``."""
+    metrics = record.train.metrics if record.train is not None else {}
+    epsilon, delta = metrics.get(EPSILON_KEY), metrics.get(DELTA_KEY)
+    if not isinstance(epsilon, (int, float)):
+        return ""
+    text = f"ε={epsilon:.2f}"
+    if isinstance(delta, (int, float)):
+        # 1e-05 -> 1e-5: the way deltas are written in papers.
+        text += f" (δ={delta:g})".replace("e-0", "e-").replace("e+0", "e+")
+    return text
 
 
 def summary_table(history: History) -> Table:
     """One row per round: replies, failures, train loss, federated and centralized metrics."""
     table = Table(title="Run summary", title_justify="left")
+    private = any(
+        record.train is not None and EPSILON_KEY in record.train.metrics
+        for record in history.rounds
+    )
     for header in (
         "round",
         "sampled",
@@ -131,12 +157,14 @@ def summary_table(history: History) -> Table:
         "eval acc",
         "test loss",
         "test acc",
+        *(["ε"] if private else []),
         "seconds",
     ):
         table.add_column(header, justify="right")
     for record in history.rounds:
         train = record.train
         evaluation = record.evaluate.metrics if record.evaluate is not None else {}
+        epsilon = [_fmt(train.metrics.get(EPSILON_KEY)) if train else "-"] if private else []
         table.add_row(
             str(record.server_round),
             str(train.sampled) if train else "-",
@@ -148,6 +176,9 @@ def summary_table(history: History) -> Table:
             _fmt(evaluation.get("accuracy")),
             _fmt(record.centralized.get("loss")),
             _fmt(record.centralized.get("accuracy")),
+            *epsilon,
             f"{record.seconds:.2f}",
         )
+    if history.stopped_reason:
+        table.caption = f"stopped early: {history.stopped_reason}"
     return table

@@ -23,7 +23,8 @@ class RunRecorder:
     """An observer that keeps ``history.json`` current after every round.
 
     The file is rewritten atomically each round, so a run that crashes or is stopped
-    still leaves the rounds it finished.
+    still leaves the rounds it finished. A run that ends early on purpose (its privacy
+    budget is spent) says why in ``stopped_reason``.
     """
 
     def __init__(self, run_dir: Path, header: dict[str, Any]) -> None:
@@ -53,6 +54,11 @@ class RunRecorder:
         if self._first_round is None:
             self._first_round = time.perf_counter() - self._started
         self.history.rounds.append(record)
+        self._write(status="running")
+
+    def on_stop(self, server_round: int, reason: str) -> None:
+        """The run ends early: ``stopped_reason`` goes into history.json now."""
+        self.history.stopped_reason = reason
         self._write(status="running")
 
     def finish(self, status: str, error: str | None = None) -> None:

@@ -9,6 +9,11 @@ hooks (and optionally ``evaluate``), never the loop.
 
 Error replies are counted, logged and filtered out here, so ``aggregate_*`` receive
 only replies with content.
+
+A strategy ends a run early and cleanly by raising
+:class:`~pollinate.errors.PrivacyBudgetExceededError` from ``configure_train`` (before
+anything is sent): :meth:`Strategy.start` returns the model so far, with the reason in
+``History.stopped_reason``, and tells the observer (``on_stop``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
-from pollinate.errors import AggregationError, ConfigError
+from pollinate.errors import AggregationError, ConfigError, PrivacyBudgetExceededError
 from pollinate.records import (
     ArrayRecord,
     ConfigRecord,
@@ -161,7 +166,12 @@ class Strategy(ABC):
             grid.begin_round(server_round)
 
             config = _round_config(train_config, server_round)
-            messages = self.configure_train(server_round, arrays, config, grid)
+            try:
+                messages = self.configure_train(server_round, arrays, config, grid)
+            except PrivacyBudgetExceededError as exc:
+                # A budget is a planned end, not a failure: keep what was trained.
+                _stop(history, grid, server_round, str(exc))
+                break
             if messages:
                 summary = PhaseSummary(sampled=len(messages))
                 replies = self._replies(grid, messages, timeout, server_round, "train", summary)
@@ -313,6 +323,16 @@ class Strategy(ABC):
                 f"{needed} are needed. "
                 f"First failures: {detail}"
             )
+
+
+def _stop(history: History, grid: Grid, server_round: int, reason: str) -> None:
+    """End the run before ``server_round``: record why and tell the observer."""
+    history.stopped_reason = reason
+    log.warning("run stopped before round %d: %s", server_round, reason)
+    # Observers written before on_stop existed simply are not told.
+    on_stop = getattr(grid.observer, "on_stop", None)
+    if on_stop is not None:
+        on_stop(server_round, reason)
 
 
 def _round_config(base: Mapping[str, ConfigValue] | None, server_round: int) -> ConfigRecord:

@@ -46,6 +46,8 @@ class History:
 
     initial_centralized: dict[str, MetricValue] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
+    #: Why the run ended before its last round (e.g. the privacy budget), if it did.
+    stopped_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for ``json.dumps``."""
@@ -68,7 +70,12 @@ class History:
             )
             for r in data.get("rounds", [])
         ]
-        return cls(initial_centralized=dict(data.get("initial_centralized", {})), rounds=rounds)
+        stopped = data.get("stopped_reason")
+        return cls(
+            initial_centralized=dict(data.get("initial_centralized", {})),
+            rounds=rounds,
+            stopped_reason=stopped if isinstance(stopped, str) else None,
+        )
 
     def series(self, phase: str, metric: str) -> list[tuple[int, float]]:
         """``(round, value)`` pairs of ``metric`` in ``phase`` (train, evaluate, centralized)."""
@@ -104,6 +111,13 @@ class RunObserver(Protocol):
         """A round is complete."""
         ...
 
+    def on_stop(self, server_round: int, reason: str) -> None:
+        """The run ends cleanly before ``server_round`` (e.g. its privacy budget is spent).
+
+        Optional: the round loop skips observers without it.
+        """
+        ...
+
 
 class NullObserver:
     """Ignores everything."""
@@ -118,6 +132,9 @@ class NullObserver:
         pass
 
     def on_round_end(self, record: RoundRecord) -> None:
+        pass
+
+    def on_stop(self, server_round: int, reason: str) -> None:
         pass
 
 
@@ -142,3 +159,9 @@ class ObserverGroup:
     def on_round_end(self, record: RoundRecord) -> None:
         for observer in self.observers:
             observer.on_round_end(record)
+
+    def on_stop(self, server_round: int, reason: str) -> None:
+        for observer in self.observers:
+            on_stop = getattr(observer, "on_stop", None)
+            if on_stop is not None:
+                on_stop(server_round, reason)
