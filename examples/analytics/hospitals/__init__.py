@@ -1,0 +1,1 @@
+"""Federated analytics over 5 hospitals' synthetic patient records."""
