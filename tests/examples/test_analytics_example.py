@@ -43,6 +43,9 @@ def test_simulate_prints_and_records_the_answers(tmp_path: Path) -> None:
     variance = recorded["variance of age at onset"]["value"]
     assert abs(variance - np.var(onset, ddof=1)) < 1e-9 * variance
     assert json.loads((run_dir / "history.json").read_text())["status"] == "completed"
+    # no training rounds: no empty summary table, no plot announced
+    assert "Run summary" not in result.stderr + result.stdout
+    assert "metrics.png" not in result.stderr + result.stdout
 
 
 def test_simulate_with_dp_prints_the_privacy_spent(tmp_path: Path) -> None:

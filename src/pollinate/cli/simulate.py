@@ -156,9 +156,9 @@ def simulate(
         if status != "completed":
             recorder.close()
     try:
-        console.print(summary_table(recorder.history))
+        if recorder.history.rounds:  # an analytics-only run has no rounds to tabulate
+            console.print(summary_table(recorder.history))
     finally:
         recorder.close()
-    console.print(
-        f"Run record: {recorder.history_path} and {run_dir / 'metrics.png'}", highlight=False
-    )
+    plot = f" and {run_dir / 'metrics.png'}" if recorder.history.rounds else ""
+    console.print(f"Run record: {recorder.history_path}{plot}", highlight=False)
