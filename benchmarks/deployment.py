@@ -249,6 +249,11 @@ class Measurement:
     idle_node_rss: int = 0
     error: str = ""
     profile: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    #: CPU seconds (user + system) used during the run: the server with its ServerApp
+    #: child, and the 10 nodes together. Unlike wall time, this does not depend on what
+    #: else the machine is doing.
+    server_cpu: float = 0.0
+    nodes_cpu: float = 0.0
 
     @property
     def model_bytes(self) -> int:
@@ -341,6 +346,7 @@ def measure(
                         "--rate",
                         "200",
                         "--nonblocking",
+                        "--gil",  # only the thread holding the GIL: Python's CPU time
                         "-o",
                         str(workdir / f"{name}.spy"),
                     ]
@@ -371,6 +377,7 @@ def measure(
                 "--config",
                 f"num-nodes={NUM_NODES}",
             ]
+            cpu_before = {name: cpu_seconds(pid) for name, pid in roots.items()}
             with RssSampler(roots) as sampler:
                 t0 = time.time()
                 started = time.perf_counter()
@@ -378,6 +385,12 @@ def measure(
                     command, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env
                 )
                 result.total = time.perf_counter() - started
+            # The ServerApp child has exited and been waited for: the server's "children"
+            # CPU counts it.
+            time.sleep(0.3)
+            cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in roots.items()}
+            result.server_cpu = cpu_used["server"]
+            result.nodes_cpu = sum(cpu_used[name] for name in nodes)
             result.server_rss = sampler.peaks["server"]
             result.server_process_rss = sampler.root_peaks["server"]
             result.serverapp_rss = sampler.children_peaks["server"]
@@ -422,6 +435,16 @@ def measure(
                     os.killpg(spy.pid, signal.SIGKILL)
             fleet.kill()
     return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and of its waited-for children."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 # -- profile summary ----------------------------------------------------------------------
@@ -594,8 +617,9 @@ def phase_table(measurements: Sequence[Measurement]) -> str:
     lines = [
         "| model | send: ServerApp uploads 10 instructions s | nodes: last upload -> first "
         "reply s | replies: first -> last reply s | aggregate: last reply -> end s "
-        "| instruction frame MB x 10 | effective GB/s (2 x frames / round) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| instruction frame MB x 10 | effective GB/s (2 x frames / round) "
+        "| CPU s per round: server + ServerApp / 10 nodes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in measurements:
         if not m.rounds:
@@ -609,7 +633,8 @@ def phase_table(measurements: Sequence[Measurement]) -> str:
         rate = 2 * frames / m.steady_round / 1e9 if m.steady_round else 0.0
         lines.append(
             f"| {_size_name(m.parameters)} | {send:.3f} | {nodes:.3f} | {replies:.3f} "
-            f"| {aggregate:.3f} | {frames / NUM_NODES / MB:,.2f} | {rate:.3f} |"
+            f"| {aggregate:.3f} | {frames / NUM_NODES / MB:,.2f} | {rate:.3f} "
+            f"| {m.server_cpu / len(m.rounds):.2f} / {m.nodes_cpu / len(m.rounds):.2f} |"
         )
     return "\n".join(lines)
 
