@@ -38,6 +38,18 @@ CONTRACT = {
     "pollinate.client": {"pollinate.server", "pollinate.runtime", "pollinate.cli"},
     "pollinate.server": {"pollinate.runtime", "pollinate.cli"},
     "pollinate.runtime.simulation": {"pollinate.cli", "matplotlib", "rich"},
+    "pollinate.privacy": {
+        "pollinate.client",
+        "pollinate.server",
+        "pollinate.runtime",
+        "pollinate.cli",
+        "sklearn",
+        "matplotlib",
+        "rich",
+        "dp_accounting",  # imported on first use: it takes seconds
+    },
+    "pollinate.analytics": {"pollinate.runtime", "pollinate.cli", "sklearn", "matplotlib", "rich"},
+    "pollinate.adapters": {"pollinate.runtime", "pollinate.cli", "sklearn", "matplotlib", "rich"},
 }
 
 

@@ -53,6 +53,9 @@ def test_top_level_all_is_pinned() -> None:
         "pollinate.serde",
         "pollinate.errors",
         "pollinate.testing",
+        "pollinate.privacy",
+        "pollinate.analytics",
+        "pollinate.adapters",
     ],
 )
 def test_every_exported_name_exists_and_is_documented(module: str) -> None:

@@ -1,0 +1,1 @@
+"""Pollinate with scikit-learn: federated logistic regression on breast cancer data."""
