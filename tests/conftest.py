@@ -2,7 +2,8 @@
 
 JAX starts threads when it is imported, and forking a process that runs them can
 deadlock (JAX warns on every fork). The process runtime forks, so tests that import
-JAX (marked ``imports_jax``) run after every other test of the session.
+JAX (marked ``imports_jax``, and the doctests of ``pollinate/adapters/jax.py``) run
+after every other test of the session.
 """
 
 from __future__ import annotations
@@ -16,5 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _imports_jax(item: pytest.Item) -> bool:
+    return item.get_closest_marker("imports_jax") is not None or item.path.name == "jax.py"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("imports_jax") is not None)
+    items.sort(key=_imports_jax)  # stable: every other test keeps its order
