@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint proto bench bench-flower-venv bench-serde bench-fedprox bench-byzantine bench-deployment clean
+.PHONY: demo test lint proto templates bench bench-flower-venv bench-serde bench-fedprox bench-byzantine bench-deployment clean
 
 # One stamp per set of extras: demo needs only Pollinate, test adds the test tools,
 # lint and proto add the developer tools. A stamp is redone when pyproject.toml changes.
@@ -34,8 +34,8 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 	$(VENV)/bin/mypy
 
 # Regenerates the checked-in protobuf code from proto/ (needs grpcio-tools, in [dev]).
@@ -49,6 +49,13 @@ proto: $(VENV)/.installed-dev
 	sed -i 's/^from pollinate\.v1 import/from pollinate.serde._proto.pollinate.v1 import/' \
 		src/pollinate/serde/_proto/pollinate/v1/*_grpc.py src/pollinate/serde/_proto/pollinate/v1/*_grpc.pyi
 	rm -f src/pollinate/serde/_proto/pollinate/v1/envelope_pb2_grpc.py*
+
+# Regenerates the `pollinate new` templates from their examples (numpy's, from
+# examples/quickstart, is kept by hand); tests/cli/test_new.py checks they match.
+templates: $(PY)
+	for name in pytorch sklearn jax xgboost; do \
+		$(PY) scripts/make_template.py examples/$$name src/pollinate/cli/templates/$$name; \
+	done
 
 # The simulation benchmark (not part of the tests): Pollinate, and Flower 1.42 in its own
 # venv for comparison. Results go to benchmarks/results/simulation.md.

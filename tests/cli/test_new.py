@@ -129,7 +129,11 @@ def test_unknown_template_lists_the_available_ones(
     assert all(repr(t) in err for t in TEMPLATES), err
     assert not (tmp_path / "app").exists()
 
-    with pytest.raises(ConfigError, match="unknown template 'tensorflow'; choose one of numpy"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown template 'tensorflow'; choose one of jax, numpy, pytorch, sklearn, "
+        r"xgboost$",
+    ):
         write_project("app", tmp_path, template="tensorflow")
 
 

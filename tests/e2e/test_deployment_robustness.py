@@ -25,6 +25,7 @@ from pollinate.records import Message, RecordDict
 from pollinate.runtime.grpc._common import NODE_ID_KEY, RUN_TOKEN_KEY
 from pollinate.runtime.grpc.chunks import iter_chunks
 from pollinate.runtime.grpc.security import RequestSigner, load_private_key, write_node_key
+from pollinate.runtime.grpc.wire import Chunk, encode_chunk
 from pollinate.serde import message_to_segments
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
@@ -94,8 +95,13 @@ def _refused(call: Callable[[], object], code: grpc.StatusCode, phrase: str) -> 
     assert phrase in (error.details() or ""), error.details()
 
 
+def _generated(chunks: Iterable[Chunk]) -> list[pb.Chunk]:
+    """Chunks as protobuf's generated code holds them: what a peer in any language sends."""
+    return [pb.Chunk.FromString(encode_chunk(chunk)) for chunk in chunks]
+
+
 def _reply_chunks(reply: Message, chunk_bytes: int = 32) -> list[pb.Chunk]:
-    return list(
+    return _generated(
         iter_chunks(reply.metadata.message_id, message_to_segments(reply), chunk_bytes=chunk_bytes)
     )
 
@@ -113,7 +119,7 @@ def _malformed(frame_chunks: list[pb.Chunk]) -> Iterable[tuple[list[pb.Chunk], C
     huge = pb.Chunk()
     huge.CopyFrom(frame_chunks[0])
     huge.total_size = 1 << 40  # 1 TiB, above the server's 8 GiB limit
-    garbage = list(iter_chunks("garbage", [os.urandom(1000)], chunk_bytes=256))
+    garbage = _generated(iter_chunks("garbage", [os.urandom(1000)], chunk_bytes=256))
     yield bad_hash, Code.INVALID_ARGUMENT, "chunk 0 fails its hash check"
     yield [frame_chunks[1], *frame_chunks], Code.INVALID_ARGUMENT, "chunk 1 arrived, 0 was"
     yield frame_chunks[:-1], Code.INVALID_ARGUMENT, "the transfer ended before its last chunk"
@@ -179,7 +185,7 @@ def test_malformed_and_forged_streams_are_refused_and_the_server_keeps_serving(
         _refused(send(_reply_chunks(_instruction(99, run_id))), Code.NOT_FOUND, "no node 99")
 
     # A chunk above gRPC's message limit never reaches the handler.
-    big = [*iter_chunks("big", [b"\x00" * (6 * 1024 * 1024)], chunk_bytes=6 * 1024 * 1024)]
+    big = _generated(iter_chunks("big", [b"\x00" * (6 * 1024 * 1024)], chunk_bytes=6 * 1024 * 1024))
     options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         push_big = rpc.FleetStub(channel).PushReply

@@ -23,6 +23,7 @@ from pollinate.runtime.grpc.chunks import (
     iter_chunks,
     read_frames,
 )
+from pollinate.runtime.grpc.wire import encode_chunk
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
 MiB = 1024 * 1024
@@ -109,7 +110,7 @@ def test_default_chunks_fit_in_a_grpc_message() -> None:
     chunks = list(iter_chunks("a-message-id", [data]))
     assert [len(c.data) for c in chunks] == [MAX_CHUNK_BYTES, MAX_CHUNK_BYTES, 1]
     assert max(len(c.data) for c in chunks) <= 4 * MiB
-    assert all(c.ByteSize() <= GRPC_MESSAGE_LIMIT for c in chunks)
+    assert all(len(encode_chunk(c)) <= GRPC_MESSAGE_LIMIT for c in chunks)
     assert _assemble(chunks) == data
 
 

@@ -21,7 +21,7 @@ from typing import Final
 import xxhash
 
 from pollinate.errors import ProtocolError
-from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
+from pollinate.runtime.grpc.wire import Chunk, ChunkLike
 
 __all__ = [
     "MAX_CHUNK_BYTES",
@@ -49,17 +49,18 @@ def iter_chunks(
     segments: Sequence[bytes | memoryview],
     *,
     chunk_bytes: int = MAX_CHUNK_BYTES,
-) -> Iterator[pb.Chunk]:
-    """Cut a frame, given as its segments, into hashed chunks without joining it first."""
+) -> Iterator[Chunk]:
+    """Cut a frame, given as its segments, into hashed chunks without joining it first
+    (a chunk inside one segment is a view of it; one spanning segments is joined)."""
     views = [memoryview(s).cast("B") for s in segments]
     total = sum(v.nbytes for v in views)
     index = 0
     pending: list[memoryview] = []
     pending_bytes = 0
 
-    def make(last: bool) -> pb.Chunk:
-        data = b"".join(pending)
-        return pb.Chunk(
+    def make(last: bool) -> Chunk:
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        return Chunk(
             transfer_id=transfer_id,
             total_size=total,
             index=index,
@@ -100,7 +101,7 @@ def iter_cached_chunks(
     digests: Sequence[bytes],
     *,
     chunk_bytes: int = MAX_CHUNK_BYTES,
-) -> Iterator[pb.Chunk]:
+) -> Iterator[Chunk]:
     """A frame made of a small ``head`` and a shared ``data`` part whose chunk digests are
     known (from :func:`chunk_digests` with the same ``chunk_bytes``): the head is the
     first chunk, then each piece of data goes with its cached digest."""
@@ -110,7 +111,7 @@ def iter_cached_chunks(
     if len(head) > chunk_bytes:
         raise ValueError(f"a head of {len(head)} bytes does not fit one chunk")
     total = len(head) + view.nbytes
-    yield pb.Chunk(
+    yield Chunk(
         transfer_id=transfer_id,
         total_size=total,
         index=0,
@@ -120,8 +121,8 @@ def iter_cached_chunks(
     )
     for index, digest in enumerate(digests):
         start = index * chunk_bytes
-        piece = bytes(view[start : start + chunk_bytes])
-        yield pb.Chunk(
+        piece = view[start : start + chunk_bytes]
+        yield Chunk(
             transfer_id=transfer_id,
             total_size=total,
             index=index + 1,
@@ -139,7 +140,9 @@ class ChunkAssembler:
     With a ``sink``, each checked chunk's bytes go to it instead of a buffer.
     """
 
-    def __init__(self, *, max_bytes: int, sink: Callable[[bytes], object] | None = None) -> None:
+    def __init__(
+        self, *, max_bytes: int, sink: Callable[[bytes | memoryview], object] | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.transfer_id = ""
         self._sink = sink
@@ -149,7 +152,7 @@ class ChunkAssembler:
         self._next_index = 0
         self.complete = False
 
-    def add(self, chunk: pb.Chunk) -> bool:
+    def add(self, chunk: ChunkLike) -> bool:
         """Take the next chunk; returns True once the transfer is complete."""
         if self.complete:
             raise ProtocolError(f"transfer {self.transfer_id!r}: a chunk arrived after the last")
@@ -217,7 +220,7 @@ class ChunkAssembler:
         return memoryview(self._buffer)
 
 
-def read_frames(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> Iterator[tuple[str, memoryview]]:
+def read_frames(chunks: Iterable[ChunkLike], *, max_bytes: int) -> Iterator[tuple[str, memoryview]]:
     """The frames of a stream of consecutive transfers, as ``(transfer_id, frame)``."""
     assembler = ChunkAssembler(max_bytes=max_bytes)
     for chunk in chunks:

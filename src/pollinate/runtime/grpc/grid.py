@@ -17,6 +17,7 @@ from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
+from pollinate.runtime.grpc.wire import Chunk, grid_io_stub
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
     message_from_bytes,
@@ -25,7 +26,6 @@ from pollinate.serde import (
     recorddict_to_segments,
 )
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
-from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
 from pollinate.server.grid import Grid
 from pollinate.strategy.history import RunObserver
 
@@ -54,7 +54,7 @@ class GrpcGrid(Grid):
             self._channel = grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
         else:
             self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
-        self._stub = rpc.GridIoStub(self._channel)
+        self._stub = grid_io_stub(self._channel)
         self._metadata: tuple[tuple[str, str | bytes], ...] = ((RUN_TOKEN_KEY, token),)
         self._max_frame_bytes = max_frame_bytes
         #: On the server's machine: map reply files rather than stream them.
@@ -113,7 +113,7 @@ class GrpcGrid(Grid):
         )
         content_id = f"content-{group[0].metadata.message_id}"
 
-        def chunks() -> Iterator[pb.Chunk]:
+        def chunks() -> Iterator[Chunk]:
             yield from iter_chunks(content_id, recorddict_to_segments(group[0].content))
             yield from iter_chunks(f"{content_id}-instructions", recorddict_to_segments(listing))
 

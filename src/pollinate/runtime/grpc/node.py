@@ -29,9 +29,9 @@ from pollinate.records import ConfigValue, Context, Error, ErrorCode, Message, R
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, NODE_ID_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks
 from pollinate.runtime.grpc.security import RequestSigner
+from pollinate.runtime.grpc.wire import Delivery, fleet_stub
 from pollinate.serde import message_from_bytes, message_to_segments
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
-from pollinate.serde._proto.pollinate.v1 import service_pb2_grpc as rpc
 
 __all__ = ["NodeAgent", "NodeSettings"]
 
@@ -87,7 +87,7 @@ class NodeAgent:
             channel = self._channel()
             try:
                 grpc.channel_ready_future(channel).result(timeout=self.settings.connect_timeout)
-                self._serve(rpc.FleetStub(channel))
+                self._serve(fleet_stub(channel))
                 attempt = 0
             except grpc.FutureTimeoutError:
                 if not connected_once:
@@ -115,7 +115,7 @@ class NodeAgent:
             )
             self.stop.wait(delay)
 
-    def _serve(self, stub: rpc.FleetStub) -> None:
+    def _serve(self, stub: Any) -> None:
         response = stub.Register(
             pb.RegisterRequest(
                 app_name=self.settings.app_name,
@@ -159,7 +159,7 @@ class NodeAgent:
                 call.cancel()
                 return
 
-    def _heartbeat(self, stub: rpc.FleetStub, interval: float, done: threading.Event) -> None:
+    def _heartbeat(self, stub: Any, interval: float, done: threading.Event) -> None:
         while not done.wait(interval):
             try:
                 answer = stub.Heartbeat(
@@ -173,13 +173,11 @@ class NodeAgent:
                 log.warning("heartbeat failed: %s", translate_rpc_error(exc, "heartbeat"))
 
     # -- work -------------------------------------------------------------------------
-    def _instructions(
-        self, deliveries: Iterator[pb.Delivery]
-    ) -> Iterator[tuple[Message, pb.Delivery]]:
+    def _instructions(self, deliveries: Iterator[Delivery]) -> Iterator[tuple[Message, Delivery]]:
         assembler: ChunkAssembler | None = None
-        first: pb.Delivery | None = None
+        first: Delivery | None = None
         for delivery in deliveries:
-            if delivery.WhichOneof("kind") != "chunk":
+            if delivery.chunk is None:
                 continue
             if assembler is None:
                 assembler = ChunkAssembler(max_bytes=self.settings.max_frame_bytes)
@@ -189,7 +187,7 @@ class NodeAgent:
                 yield message_from_bytes(assembler.frame()), first
                 assembler, first = None, None
 
-    def _handle(self, message: Message, run_info: pb.Delivery) -> Message:
+    def _handle(self, message: Message, run_info: Delivery) -> Message:
         wanted = (run_info.app_name, run_info.app_version)
         have = (self.settings.app_name, self.settings.app_version)
         if wanted != have:
@@ -223,7 +221,7 @@ class NodeAgent:
         )
         return reply
 
-    def _push(self, stub: rpc.FleetStub, reply: Message) -> None:
+    def _push(self, stub: Any, reply: Message) -> None:
         """Send a reply until the server acknowledges it (bounded by the stop flag)."""
         segments = message_to_segments(reply)
         for attempt in range(8):

@@ -44,6 +44,13 @@ from pollinate.runtime.grpc.chunks import (
 )
 from pollinate.runtime.grpc.security import AuthenticationError, RequestVerifier
 from pollinate.runtime.grpc.state import InstructionRow, StagedFile, StateStore
+from pollinate.runtime.grpc.wire import (
+    Chunk,
+    ChunkLike,
+    Delivery,
+    add_fleet_servicer,
+    add_grid_io_servicer,
+)
 from pollinate.serde import (
     message_from_bytes,
     message_parts_from_content,
@@ -270,7 +277,7 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> N
 
 
 def _receive_frame(
-    chunks: Iterator[pb.Chunk],
+    chunks: Iterator[ChunkLike],
     context: grpc.ServicerContext,
     max_bytes: int,
     staged: StagedFile | None = None,
@@ -288,12 +295,12 @@ def _receive_frame(
 
 
 def _deliveries(
-    chunks: Iterator[pb.Chunk], run_info: tuple[str, str, str] | None
-) -> Iterator[pb.Delivery]:
+    chunks: Iterator[Chunk], run_info: tuple[str, str, str] | None
+) -> Iterator[Delivery]:
     """Chunks as deliveries, the first carrying the run's app name, version and config."""
     first = True
     for chunk in chunks:
-        delivery = pb.Delivery(chunk=chunk)
+        delivery = Delivery(chunk=chunk)
         if first and run_info is not None:
             delivery.app_name, delivery.app_version, delivery.run_config_json = run_info
         first = False
@@ -307,7 +314,7 @@ def _decode(frame: memoryview, context: grpc.ServicerContext) -> Message:
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"not a valid message frame: {exc}")
 
 
-class FleetServicer(rpc.FleetServicer):
+class FleetServicer:
     """What nodes call."""
 
     def __init__(self, coordinator: Coordinator) -> None:
@@ -404,9 +411,9 @@ class FleetServicer(rpc.FleetServicer):
                 sent_any = True
             if not sent_any:
                 work.wait(_WAIT_SLICE)
-                yield pb.Delivery(keepalive=True)
+                yield Delivery(keepalive=True)
 
-    def PushReply(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
+    def PushReply(self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext) -> Any:
         claimed = metadata_value(context.invocation_metadata(), NODE_ID_KEY)
         if claimed is None or not claimed.isdigit():
             _abort(
@@ -439,7 +446,7 @@ class FleetServicer(rpc.FleetServicer):
         return pb.PushReplyResponse(accepted=accepted)
 
 
-class GridIoServicer(rpc.GridIoServicer):
+class GridIoServicer:
     """What a run's ServerApp process calls."""
 
     def __init__(self, coordinator: Coordinator) -> None:
@@ -465,7 +472,7 @@ class GridIoServicer(rpc.GridIoServicer):
             ]
         )
 
-    def Send(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Any:
+    def Send(self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext) -> Any:
         run_id = self._run(context)
         staged = self.c.store.stage()
         try:
@@ -509,7 +516,7 @@ class GridIoServicer(rpc.GridIoServicer):
         self.c.notify()
 
     def SendBroadcast(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> Any:
         run_id = self._run(context)
         staged = self.c.store.stage()
@@ -614,7 +621,7 @@ class GridIoServicer(rpc.GridIoServicer):
             )
 
     def SaveCheckpoint(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> Any:
         run_id = self._run(context)
         server_round_text = metadata_value(context.invocation_metadata(), "x-pollinate-round")
@@ -714,8 +721,8 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_threads), options=CHANNEL_OPTIONS
     )
-    rpc.add_FleetServicer_to_server(FleetServicer(coordinator), server)
-    rpc.add_GridIoServicer_to_server(GridIoServicer(coordinator), server)
+    add_fleet_servicer(FleetServicer(coordinator), server)
+    add_grid_io_servicer(GridIoServicer(coordinator), server)
     rpc.add_ControlServicer_to_server(ControlServicer(coordinator), server)
     if settings.credentials is not None:
         port = server.add_secure_port(settings.address, settings.credentials)
