@@ -41,7 +41,7 @@ _M_MMAP_THRESHOLD: Final = -3  # glibc's mallopt parameters (malloc.h)
 _M_ARENA_MAX: Final = -8
 
 
-def return_large_buffers_to_the_os(threshold: int = 1024 * 1024, arenas: int = 2) -> bool:
+def return_large_buffers_to_the_os(threshold: int = 8 * 1024 * 1024, arenas: int = 2) -> bool:
     """Make glibc give chunk-sized buffers back to the system as soon as they are freed.
 
     Servers and nodes allocate and free one 4 MiB chunk after another on many gRPC

@@ -65,6 +65,8 @@ log = logging.getLogger("pollinate.server")
 
 _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
 _INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
+_CONCURRENT_SENDS = 3  # transfers to nodes at once (see Coordinator.sending)
+_SEND_SLOT_WAIT = 2.0  # seconds a transfer waits for a slot before going anyway
 _CACHED_CONTENTS = 2  # broadcast contents kept mapped with their chunk digests (train, evaluate)
 
 
@@ -101,6 +103,9 @@ class Coordinator:
         self._node_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        #: Transfers to nodes at once: a few streams keep the link busy; more only add
+        #: buffers, and every node would get its work later than if they took turns.
+        self.sending = threading.BoundedSemaphore(_CONCURRENT_SENDS)
         self._contents: dict[str, tuple[memoryview, list[bytes]]] = {}
         self._contents_lock = threading.Lock()
 
@@ -406,7 +411,14 @@ class FleetServicer:
                     chunks = iter_cached_chunks(message_id, head, data, digests)
                 else:
                     chunks = iter_chunks(message_id, [self.c.store.read_blob(instruction.path)])
-                yield from _deliveries(chunks, run_info)
+                # A slot is waited for briefly, never for long: a node on a slow link
+                # must not hold the others back.
+                slot = self.c.sending.acquire(timeout=_SEND_SLOT_WAIT)
+                try:
+                    yield from _deliveries(chunks, run_info)
+                finally:
+                    if slot:
+                        self.c.sending.release()
                 self.c.store.mark_delivered(message_id)
                 sent_any = True
             if not sent_any:
