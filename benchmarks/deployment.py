@@ -28,7 +28,7 @@ timestamps, see ``deploy_bench/server_app.py``):
 
 As physical references it measures, on this machine: the memory copy bandwidth,
 the TCP loopback bandwidth (1 GiB ``sendall``/``recv_into`` between two processes
-over 127.0.0.1), SHA-256 throughput (``hashlib``, what every 4 MiB chunk costs) and
+over 127.0.0.1), XXH3-128 throughput (what every 4 MiB chunk's digest costs) and
 the time to write and ``fsync`` a 40 MB file in the state directory's file system.
 For the 10M model a round must move 10 x 40 MB to the nodes and 10 x 40 MB back, and
 with the current design each of those 800 MB crosses loopback twice (ServerApp ->
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -74,6 +73,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 BENCH_DIR = Path(__file__).resolve().parent
 APP_DIR = BENCH_DIR / "apps" / "deploy_bench"
@@ -454,8 +455,9 @@ def cpu_seconds(pid: int) -> float:
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("blob write + fsync (state store)", ("_write_blob (",)),
     ("SQLite (state store rows)", ("state.py",)),
-    ("chunk SHA-256 + join (iter_chunks)", ("make (pollinate/runtime/grpc/chunks.py",)),
-    ("chunk reassembly + SHA-256 (ChunkAssembler.add)", ("add (pollinate/runtime/grpc/chunks.py",)),
+    ("chunk digest + join (iter_chunks)", ("make (pollinate/runtime/grpc/chunks.py",)),
+    ("chunk reassembly + digest (ChunkAssembler.add)", ("add (pollinate/runtime/grpc/chunks.py",)),
+    ("chunk encoding (wire.py)", ("pollinate/runtime/grpc/wire.py",)),
     ("frame decode (message_from_bytes)", ("message_from_bytes",)),
     ("frame encode (message_to_segments)", ("message_to_segments",)),
     ("aggregation (numpy)", ("aggregat",)),
@@ -537,12 +539,12 @@ def loopback_bandwidth(nbytes: int = 2**30) -> float:
     return nbytes / elapsed / 1e9
 
 
-def sha256_throughput(nbytes: int = 256 * 2**20, chunk: int = 4 * 2**20) -> float:
-    """GB/s of ``hashlib.sha256`` over 4 MiB chunks, as the chunk layer hashes them."""
+def digest_throughput(nbytes: int = 256 * 2**20, chunk: int = 4 * 2**20) -> float:
+    """GB/s of XXH3-128 over 4 MiB chunks, as the chunk layer hashes them."""
     data = os.urandom(chunk)
     started = time.perf_counter()
     for _ in range(nbytes // chunk):
-        hashlib.sha256(data).digest()
+        xxhash.xxh3_128_digest(data)
     return nbytes / (time.perf_counter() - started) / 1e9
 
 
@@ -707,11 +709,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     memcpy = copy_bandwidth()
     loopback = loopback_bandwidth()
-    sha = sha256_throughput()
+    sha = digest_throughput()
     with tempfile.TemporaryDirectory(prefix="pollinate-fsync-", dir=args.state_dir) as tmp:
         write_s, fsync_s = fsync_write(Path(tmp))
     print(
-        f"memcpy {memcpy:.1f} GB/s, loopback TCP {loopback:.2f} GB/s, sha256 {sha:.2f} GB/s, "
+        f"memcpy {memcpy:.1f} GB/s, loopback TCP {loopback:.2f} GB/s, xxh3 {sha:.2f} GB/s, "
         f"40 MB write {write_s * 1e3:.0f} ms + fsync {fsync_s * 1e3:.0f} ms",
         file=sys.stderr,
     )
@@ -751,7 +753,7 @@ def main() -> None:
         f"so {4 * NUM_NODES * model / 1e9 / loopback:.2f} s at the loopback ceiling "
         f"({2 * NUM_NODES * model / 1e9 / loopback:.2f} s if the server sent the "
         "broadcast content straight to the nodes)",
-        f"- SHA-256 of every chunk: {4 * NUM_NODES * model / 1e9:.2f} GB hashed on the "
+        f"- XXH3-128 of every chunk: {4 * NUM_NODES * model / 1e9:.2f} GB hashed on the "
         f"sending side and again on the receiving side per round: "
         f"{2 * 4 * NUM_NODES * model / 1e9 / sha:.2f} s of CPU at {sha:.2f} GB/s",
         f"- fsync of the {2 * NUM_NODES} blobs of {model / MB:,.0f} MB the server stores per "
@@ -770,7 +772,7 @@ def main() -> None:
         "the ClientApp returns the received arrays + 0.001",
         f"- server state (SQLite + blobs, fsync'd) in {args.state_dir or tempfile.gettempdir()}",
         f"- memory copy bandwidth: {memcpy:.1f} GB/s; TCP loopback (one stream, 1 GiB "
-        f"between two processes): {loopback:.2f} GB/s; SHA-256 (hashlib, 4 MiB chunks): "
+        f"between two processes): {loopback:.2f} GB/s; XXH3-128 (4 MiB chunks): "
         f"{sha:.2f} GB/s; a 40 MB file: write {write_s * 1e3:.0f} ms + fsync "
         f"{fsync_s * 1e3:.0f} ms",
         *traffic,
