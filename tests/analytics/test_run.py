@@ -22,6 +22,7 @@ from pollinate.analytics import (
     Variance,
     answer,
     gaussian_epsilon,
+    handle_queries,
     run_query,
 )
 from pollinate.analytics.request import REPLY, VECTOR
@@ -172,7 +173,7 @@ def test_waiting_for_too_few_nodes_times_out() -> None:
         ({"min_count": -1}, "min_count must be an int >= 0"),
         ({"timeout": 0}, "timeout must be positive"),
         ({"node_ids": [1]}, "node_ids names 1 nodes but min_nodes is 2"),
-        ({"secure": True}, "secure=True needs secure aggregation"),
+        ({"secure": True}, "secure aggregation needs at least 3 nodes"),
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, Any], message: str) -> None:
@@ -278,3 +279,43 @@ def test_result_to_dict_is_json_ready() -> None:
 
     assert data["query"] == "quantiles" and data["value"] == {"0.5": 2.5}
     assert data["count"] == 3 and data["nodes"] == [1, 2] and data["privacy"] is None
+
+
+# ----------------------------------------------------------------------------- secure
+
+
+def _hospital_table(node_id: int) -> dict[str, Any]:
+    rng = np.random.default_rng(node_id)
+    size = 40 + 10 * node_id
+    return {
+        "age": rng.uniform(20, 90, size).round(1),
+        "condition_x": (rng.random(size) < 0.4).astype(float),
+    }
+
+
+def test_secure_queries_equal_the_plain_ones_and_name_every_node() -> None:
+    # SecAgg+ between 5 real in-process nodes: the server sees only the sum.
+    from pollinate.client import ClientApp
+    from pollinate.privacy.secagg import secaggplus_mod
+    from pollinate.runtime.inline import InlineGrid
+    from pollinate.runtime.nodes import VirtualNodes
+
+    app = ClientApp(mods=[secaggplus_mod])
+    handle_queries(app, lambda context: _hospital_table(context.node_id))
+    queries = [
+        Count(where={"condition_x": 1}),
+        Mean(column="age", where={"condition_x": 1}, bounds=(0, 120)),
+        Histogram(column="age", edges=[0, 40, 60, 80, 120]),
+    ]
+    with InlineGrid(app, VirtualNodes(num_nodes=5, run_id=1)) as grid:
+        for query in queries:
+            # Act
+            secure = run_query(grid, query, secure=True)
+            plain = run_query(grid, query)
+            # Assert
+            assert secure.secure and secure.nodes == plain.nodes == (1, 2, 3, 4, 5)
+            assert secure.count == plain.count  # counts are exact after rounding
+            if isinstance(plain.value, HistogramCounts):
+                assert secure.value == plain.value  # counts: exact after rounding
+            else:  # sums are off by at most 5 nodes x 2**-9 (the quantization step)
+                assert abs(secure.value - plain.value) <= 5 * 2**-9 / plain.count

@@ -19,6 +19,7 @@ from pollinate.analytics.privacy import PrivacyCost, QueryPrivacy, gaussian_epsi
 from pollinate.analytics.queries import HistogramCounts, Query
 from pollinate.analytics.request import REPLY, REQUEST, VECTOR, check_answer
 from pollinate.errors import AggregationError, ConfigError, PollinateError
+from pollinate.privacy.secagg import SecAggConfig, secure_sum
 from pollinate.records import ArrayRecord, Message, RecordDict, keys
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def run_query(
     min_count: int = 0,
     timeout: float = 60.0,
     privacy: QueryPrivacy | None = None,
-    secure: bool = False,
+    secure: bool | SecAggConfig = False,
     rng: np.random.Generator | None = None,
 ) -> QueryResult[T]:
     """Run ``query`` over the nodes' records and return the merged answer.
@@ -123,8 +124,10 @@ def run_query(
         Gaussian noise on the merged sums and the cost reported (see
         :class:`QueryPrivacy`); the query then needs bounds.
     secure:
-        Secure aggregation: the server learns only the sum of the nodes' vectors.
-        Not available yet (needs ``pollinate.privacy.secagg``): raises ConfigError.
+        Secure aggregation (SecAgg+): the server learns only the sum of the nodes'
+        vectors, never one node's. ``True`` uses :func:`secure_config` for the nodes
+        asked; a :class:`~pollinate.privacy.secagg.SecAggConfig` sets it yourself. The
+        nodes' ClientApp needs ``secaggplus_mod`` among its mods.
     rng:
         Source of the DP noise; default: fresh OS entropy (seed it only in tests).
 
@@ -150,18 +153,27 @@ def run_query(
     (35.0, 6, (1, 2, 3))
     """
     _check_options(query, min_nodes=min_nodes, min_count=min_count, timeout=timeout)
-    if secure:
-        raise ConfigError(
-            "secure=True needs secure aggregation (pollinate.privacy.secagg), which is not "
-            "available yet; run without secure=True"
-        )
     if privacy is not None:
         query.unit_sensitivities()  # a ConfigError now if DP lacks the bounds it needs
     targets = _targets(grid, node_ids, min_nodes=min_nodes, timeout=timeout)
-    summable = secure or privacy is not None
+    summable = secure is not False or privacy is not None
     request = query.request(summable=summable)
     config = request.to_config()
     message_type = f"{keys.QUERY}.{query.action}"
+    if secure is not False:
+        return _run_secure(
+            grid,
+            query,
+            targets,
+            RecordDict({REQUEST: config}),
+            message_type,
+            secure if isinstance(secure, SecAggConfig) else secure_config(len(targets)),
+            min_nodes=min_nodes,
+            min_count=min_count,
+            timeout=timeout,
+            privacy=privacy,
+            rng=rng,
+        )
     messages = [
         Message(
             RecordDict({REQUEST: config}),
@@ -212,6 +224,86 @@ def run_query(
         failures=failures,
         privacy=cost,
         secure=secure,
+    )
+
+
+def secure_config(num_nodes: int) -> SecAggConfig:
+    """SecAgg+ settings for a query over ``num_nodes`` nodes.
+
+    The summable vectors hold counts and sums over a node's records: entries up to
+    ``2**30`` in magnitude are exact to within ``num_nodes * 2**-9`` (a count is then
+    rounded to the exact whole number), in a 64-bit modulus. Each node shares its
+    secrets over up to 10 neighbours, half of them (at least 2) needed to recover a
+    dropped node, so a neighbourhood survives as many dropouts as it has spares.
+    """
+    if num_nodes < 3:
+        raise ConfigError(
+            f"secure aggregation needs at least 3 nodes (got {num_nodes}): with 2, each "
+            "learns the other's answer from the sum"
+        )
+    shares = min(10, num_nodes - 1)
+    return SecAggConfig(
+        num_shares=shares,
+        reconstruction_threshold=max(2, shares // 2 + 1),
+        clipping_range=float(2**30),
+        quantization_range=2**40,
+        modulus_bits=64,
+    )
+
+
+def _run_secure(
+    grid: Grid,
+    query: Query[T],
+    targets: list[int],
+    content: RecordDict,
+    message_type: str,
+    config: SecAggConfig,
+    *,
+    min_nodes: int,
+    min_count: int,
+    timeout: float,
+    privacy: QueryPrivacy | None,
+    rng: np.random.Generator | None,
+) -> QueryResult[T]:
+    """The query under SecAgg+: the server sees the sum of the vectors, nothing else."""
+    result = secure_sum(
+        grid,
+        targets,
+        content,
+        message_type=message_type,
+        config=config,
+        timeout=timeout,
+        arrays_key=REPLY,
+        group_id=message_type,
+    )
+    failures = {int(node): str(reason) for node, reason in result.dropped.items()}
+    answered = tuple(sorted(int(node) for node in result.survivors))
+    if len(answered) < min_nodes:
+        listed = "; ".join(f"node {n}: {reason}" for n, reason in failures.items()) or "none"
+        raise AggregationError(
+            f"{query!r}: only {len(answered)} of {len(targets)} nodes took part in secure "
+            f"aggregation and {min_nodes} are needed (min_nodes). Dropped: {listed}"
+        )
+    total = np.asarray(result.arrays[VECTOR], np.float64)
+    cost = None
+    if privacy is not None:
+        generator = rng if rng is not None else np.random.default_rng()
+        total = _noisy(total, query, privacy.noise_multiplier, generator)
+        cost = _spend(privacy, query)
+    value, count = query.from_sums(total)
+    if count < min_count:
+        raise AggregationError(
+            f"{query!r} covers {count} records, fewer than min_count={min_count}; "
+            "the result is withheld so that a small group is not revealed"
+        )
+    return QueryResult(
+        query=query,
+        value=value,
+        count=count,
+        nodes=answered,
+        failures=failures,
+        privacy=cost,
+        secure=True,
     )
 
 
