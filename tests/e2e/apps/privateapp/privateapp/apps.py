@@ -10,6 +10,7 @@ from pollinate import ArrayRecord, ClientApp, FedAvg, MetricRecord, RecordDict, 
 from pollinate.privacy import CLIP_NORM_KEY, CentralDP, FixedClipping, clipping_mod
 from pollinate.privacy.secagg import SecAggConfig, SecAggPlus, secaggplus_mod
 
+
 def clip_when_asked(msg, context, call_next):
     """This app serves both modes: clip only when the server runs CentralDP on nodes."""
     config = msg.content.get("config")
