@@ -210,3 +210,41 @@ def test_over_selection_is_off_for_secure_training() -> None:
     strategy = SecAggPlus(FedAvg(over_selection=2.0))
     assert strategy.keep_first(keys.TRAIN, 10) is None
     assert ErrorCode.TIMEOUT  # the grid reports missed deadlines with this code
+
+
+def test_distributed_dp_reports_epsilon_per_round_and_stops_at_the_budget() -> None:
+    from pollinate.privacy import RdpAccountant
+
+    app = ClientApp(mods=[secaggplus_mod])
+
+    @app.train()
+    def same(message: Message, context: Context) -> Message:
+        arrays = message.content.get_kind(keys.ARRAYS, ArrayRecord)
+        return message.reply(
+            RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})})
+        )
+
+    z = 1.0
+    budget = RdpAccountant(sampling="fixed-size")
+    for _ in range(2):
+        budget.step(noise_multiplier=z, sample_rate=1.0)
+    strategy = SecAggPlus(
+        _fedavg(),
+        config=CONFIG,
+        noise_multiplier=z,
+        clipping_norm=1.0,
+        rng=np.random.default_rng(0),
+        max_epsilon=budget.epsilon(1e-5) * 1.01,  # room for 2 rounds, not 3
+    )
+    # Act
+    result = strategy.start(
+        _grid(app, 5), initial_arrays=ArrayRecord({"w": np.zeros(4)}), num_rounds=5
+    )
+    # Assert: every node took part, so each round is accounted at the full multiplier
+    epsilons = [r.train.metrics["dp-epsilon"] for r in result.history.rounds if r.train]
+    assert len(epsilons) == 2 and epsilons[0] < epsilons[1]
+    assert epsilons[1] == pytest.approx(budget.epsilon(1e-5))
+    assert "privacy budget spent" in (result.history.stopped_reason or "")
+    restored = SecAggPlus(_fedavg(), config=CONFIG, noise_multiplier=z, clipping_norm=1.0)
+    restored.load_state(strategy.state())
+    assert restored.epsilon() == pytest.approx(strategy.epsilon())

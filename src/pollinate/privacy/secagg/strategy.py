@@ -28,6 +28,8 @@ DP-FedAvg. Nodes that drop take their share of the noise with them: with ``d`` o
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +37,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pollinate.errors import ConfigError
+from pollinate.errors import ConfigError, PrivacyBudgetExceededError
+from pollinate.privacy.accounting import Accountant, RdpAccountant
+from pollinate.privacy.central import DELTA_KEY, EPSILON_KEY
 from pollinate.privacy.mechanisms import gaussian_noise_std
 from pollinate.privacy.secagg.config import SecAggConfig
 from pollinate.privacy.secagg.messages import SecAggParams
@@ -55,6 +59,8 @@ if TYPE_CHECKING:
     from pollinate.server.grid import Grid
 
 __all__ = ["SecAggPlus"]
+
+_LEDGER_KEY = "secagg-dp-ledger"  # the ConfigRecord of state() holding the ledger
 
 log = logging.getLogger("pollinate")
 
@@ -82,6 +88,13 @@ class SecAggPlus(Strategy):
         mean.
     rng:
         Draws each round's SecAgg+ graph.
+    accountant, delta, max_epsilon:
+        With distributed DP, each round is accounted (RDP, fixed-size sampling by
+        default) at the noise the sum really carries: nodes that dropped took their
+        share of the noise with them, so a round with ``s`` of ``n`` sampled nodes
+        counts at ``noise_multiplier * sqrt(s / n)``. Epsilon at ``delta`` is reported
+        in the round's train metrics (``dp-epsilon``), hence in the display and
+        ``history.json``; a round that would pass ``max_epsilon`` is not started.
 
     Examples
     --------
@@ -101,6 +114,9 @@ class SecAggPlus(Strategy):
         noise_multiplier: float = 0.0,
         clipping_norm: float | None = None,
         rng: np.random.Generator | None = None,
+        accountant: Accountant | None = None,
+        delta: float = 1e-5,
+        max_epsilon: float | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise ConfigError(f"SecAggPlus wraps a Strategy, got {type(strategy).__name__}")
@@ -123,6 +139,20 @@ class SecAggPlus(Strategy):
         self._outcome: SecAggOutcome | None = None
         self._sent: ArrayRecord | None = None
         self._params: SecAggParams | None = None
+        self.accountant: Accountant = (
+            accountant if accountant is not None else RdpAccountant(sampling="fixed-size")
+        )
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta must be within (0, 1), got {delta!r}")
+        if max_epsilon is not None and not max_epsilon > 0:
+            raise ConfigError(f"max_epsilon must be positive, got {max_epsilon!r}")
+        self.delta = float(delta)
+        self.max_epsilon = max_epsilon
+        self._sample_rate = 0.0
+
+    def epsilon(self) -> float:
+        """The epsilon spent so far at ``delta`` (0 without distributed DP)."""
+        return self.accountant.epsilon(self.delta) if self.accountant.spent() else 0.0
 
     def __repr__(self) -> str:
         return f"SecAggPlus({self.strategy!r}, config={self.config!r})"
@@ -208,6 +238,19 @@ class SecAggPlus(Strategy):
         """The wrapped strategy's instructions, remembered so the exchange secures them."""
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         self._train_ids = {m.metadata.message_id for m in messages}
+        if self.noise_multiplier > 0 and messages:
+            self._sample_rate = len(messages) / max(len(grid.nodes()), len(messages))
+            if self.max_epsilon is not None:
+                trial = copy.deepcopy(self.accountant)
+                trial.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)
+                after = trial.epsilon(self.delta)
+                if after > self.max_epsilon:
+                    self._train_ids = set()
+                    raise PrivacyBudgetExceededError(
+                        f"privacy budget spent: round {server_round} would take epsilon to "
+                        f"{after:.3g} > max_epsilon {self.max_epsilon:g} (delta "
+                        f"{self.delta:g}); epsilon so far {self.epsilon():.3g}"
+                    )
         return messages
 
     def aggregate_train(
@@ -231,7 +274,18 @@ class SecAggPlus(Strategy):
             }
         )
         aggregate = Message.from_parts(first.metadata, content, None)
-        return self.strategy.aggregate_train(server_round, [aggregate])
+        arrays, metrics = self.strategy.aggregate_train(server_round, [aggregate])
+        if self.noise_multiplier <= 0 or arrays is None:
+            return arrays, metrics
+        # The sum carries the noise of the survivors only: sigma * C * sqrt(s / n) for s
+        # of the n sampled nodes, so this round is accounted at that noise multiplier.
+        sampled = len(outcome.survivors) + len(outcome.dropped)
+        effective = self.noise_multiplier * math.sqrt(len(outcome.survivors) / sampled)
+        self.accountant.step(noise_multiplier=effective, sample_rate=self._sample_rate)
+        reported = MetricRecord(metrics) if metrics is not None else MetricRecord()
+        reported[EPSILON_KEY] = self.epsilon()
+        reported[DELTA_KEY] = self.delta
+        return arrays, reported
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -262,12 +316,25 @@ class SecAggPlus(Strategy):
         self.strategy.on_reply(server_round, phase, reply)
 
     def state(self) -> RecordDict:
-        """The wrapped strategy's state (SecAgg+ keeps nothing between rounds)."""
-        return self.strategy.state()
+        """The wrapped strategy's state, plus the privacy ledger of distributed DP."""
+        state = self.strategy.state()
+        steps = [
+            [step.noise_multiplier, step.sample_rate, step.num_steps]
+            for step in self.accountant.spent()
+        ]
+        state[_LEDGER_KEY] = ConfigRecord({"steps": json.dumps(steps)})
+        return state
 
     def load_state(self, state: RecordDict) -> None:
-        """Restore the wrapped strategy's state."""
-        self.strategy.load_state(state)
+        """Restore the wrapped strategy's state; the ledger is replayed into the accountant."""
+        saved = state.get(_LEDGER_KEY)
+        self.strategy.load_state(RecordDict({k: v for k, v in state.items() if k != _LEDGER_KEY}))
+        if not isinstance(saved, ConfigRecord) or self.accountant.spent():
+            return
+        for sigma, rate, count in json.loads(str(saved["steps"])):
+            self.accountant.step(
+                noise_multiplier=float(sigma), sample_rate=float(rate), num_steps=int(count)
+            )
 
 
 class _SecureTrainGrid:
