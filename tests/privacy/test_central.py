@@ -19,7 +19,7 @@ from pollinate.privacy import (
     clipping_mod,
     l2_norm,
 )
-from pollinate.records import ArrayRecord, Context, Message, RecordDict, keys
+from pollinate.records import ArrayRecord, ConfigRecord, Context, Message, RecordDict, keys
 from pollinate.runtime.simulation import run_simulation
 from pollinate.server import ServerApp
 from pollinate.strategy import FedAvg, FedNova, Krum, Strategy
@@ -342,3 +342,20 @@ class _NotFedAvg(Strategy):
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
         return None
+
+
+def test_poisson_accounting_of_a_fixed_size_sample_is_refused() -> None:
+    # FedAvg draws a fixed number of nodes: Poisson accounting would understate epsilon.
+    from pollinate.privacy import PldAccountant
+
+    strategy = CentralDP(
+        FedAvg(fraction_train=0.5, min_available_nodes=4),
+        noise_multiplier=1.0,
+        clipping=FixedClipping(1.0),
+        accountant=PldAccountant(),
+        rng=np.random.default_rng(0),
+    )
+    grid = FakeGrid(linear_node, node_ids=range(1, 5))
+    arrays = ArrayRecord({"w": np.zeros(3)})
+    with pytest.raises(ConfigError, match=r"Poisson sampling.*fixed-size"):
+        strategy.configure_train(1, arrays, ConfigRecord(), grid)

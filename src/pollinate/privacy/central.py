@@ -50,6 +50,7 @@ import numpy as np
 
 from pollinate.errors import AggregationError, ConfigError, PrivacyBudgetExceededError
 from pollinate.privacy.accounting import Accountant, PrivacyStep, RdpAccountant
+from pollinate.privacy.accounting._base import check_fixed_size_accounting
 from pollinate.privacy.clipping import (
     CLIP_NORM_KEY,
     CLIPPED_KEY,
@@ -262,6 +263,7 @@ class CentralDP(Strategy):
                 population,
                 1 / population,
             )
+        check_fixed_size_accounting(self.accountant, sample_rate)
         if self.max_epsilon is not None:
             trial = copy.deepcopy(self.accountant)
             trial.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)

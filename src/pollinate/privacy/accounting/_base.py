@@ -155,3 +155,18 @@ def quiet_dp_accounting() -> Iterator[None]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_fixed_size_accounting(accountant: object, sample_rate: float) -> None:
+    """Refuse Poisson accounting of a round whose nodes were drawn as a fixed-size sample.
+
+    Pollinate's samplers draw a fixed number of nodes; accounting such a round as a
+    Poisson sample would understate epsilon. With every node taking part
+    (``sample_rate == 1``) the two coincide.
+    """
+    if getattr(accountant, "sampling", None) == "poisson" and sample_rate < 1.0:
+        raise ConfigError(
+            f"the accountant assumes Poisson sampling, but this round sampled a fixed "
+            f"number of nodes (rate {sample_rate:.3g}): its epsilon would be too low; use "
+            "RdpAccountant(sampling='fixed-size'), or sample every node"
+        )

@@ -39,6 +39,7 @@ import numpy as np
 
 from pollinate.errors import ConfigError, PrivacyBudgetExceededError
 from pollinate.privacy.accounting import Accountant, RdpAccountant
+from pollinate.privacy.accounting._base import check_fixed_size_accounting
 from pollinate.privacy.central import DELTA_KEY, EPSILON_KEY
 from pollinate.privacy.mechanisms import gaussian_noise_std
 from pollinate.privacy.secagg.config import SecAggConfig
@@ -240,6 +241,7 @@ class SecAggPlus(Strategy):
         self._train_ids = {m.metadata.message_id for m in messages}
         if self.noise_multiplier > 0 and messages:
             self._sample_rate = len(messages) / max(len(grid.nodes()), len(messages))
+            check_fixed_size_accounting(self.accountant, self._sample_rate)
             if self.max_epsilon is not None:
                 trial = copy.deepcopy(self.accountant)
                 trial.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)
