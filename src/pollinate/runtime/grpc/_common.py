@@ -34,6 +34,9 @@ CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # A 4 MiB chunk in one HTTP/2 frame rather than 256 of 16 KiB: a quarter less CPU to
+    # receive one (measured with grpcio alone, 400 MB over loopback).
+    ("grpc.http2.max_frame_size", 4 * 1024 * 1024),
 ]
 
 
