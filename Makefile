@@ -84,6 +84,7 @@ bench-byzantine: $(VENV)/.installed-bench
 
 bench-deployment: $(VENV)/.installed-bench
 	$(PY) benchmarks/deployment.py
+	$(PY) benchmarks/grpc_floor.py > benchmarks/results/grpc_floor.md
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
