@@ -37,7 +37,10 @@ def test_simulate_prints_and_records_the_answers(tmp_path: Path) -> None:
     assert f"patients with X: {len(onset)} (n={len(onset)}, 5 hospitals)" in result.stdout
     assert f"mean age at onset: {onset.mean():.3f}" in result.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert f"results written to runs/{run_dir.name}/analytics.json" in result.stdout
+    assert "result 'analytics' published" in result.stdout + result.stderr
+    assert json.loads((run_dir / "history.json").read_text())["results"] == {
+        "analytics": "analytics.json"
+    }
     recorded = json.loads((run_dir / "analytics.json").read_text())
     assert recorded["patients with X"]["value"] == len(onset)
     variance = recorded["variance of age at onset"]["value"]

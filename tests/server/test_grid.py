@@ -63,3 +63,23 @@ def test_bad_timeout_and_unknown_node() -> None:
 def test_empty_send_yields_nothing() -> None:
     grid = FakeGrid(lambda m: make_reply(m, {"w": np.zeros(1)}))
     assert list(grid.send_and_receive([], timeout=1)) == []
+
+
+def test_publish_checks_the_result_and_tells_observers_that_take_results() -> None:
+    from pollinate.strategy.history import NullObserver
+    from pollinate.testing.fakes import linear_node
+
+    published: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder(NullObserver):
+        def on_result(self, name: str, data: dict[str, object]) -> None:
+            published.append((name, dict(data)))
+
+    grid = FakeGrid(linear_node, observer=Recorder())
+    grid.publish("analytics", {"mean": 54.8, "nodes": [1, 2]})
+    FakeGrid(linear_node).publish("ignored", {"a": 1})  # an observer without on_result
+    assert published == [("analytics", {"mean": 54.8, "nodes": [1, 2]})]
+    with pytest.raises(ConfigError, match="names a file"):
+        grid.publish("../escape", {})
+    with pytest.raises(ConfigError, match="JSON values"):
+        grid.publish("x", {"bad": float("nan")})

@@ -8,8 +8,6 @@ The results are printed and written to ``analytics.json`` in the run's directory
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,12 +76,6 @@ def _describe(name: str, result: QueryResult[Any]) -> str:
     return text + ")"
 
 
-def _run_dir(context: Context) -> Path | None:
-    """The directory `pollinate simulate` records this run in (default --runs-dir), if any."""
-    matches = sorted(Path("runs").glob(f"*-{context.run_id:012x}"))
-    return matches[0] if len(matches) == 1 and matches[0].is_dir() else None
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> dict[str, Any]:
     config = context.run_config
@@ -115,9 +107,6 @@ def main(grid: Grid, context: Context) -> dict[str, Any]:
             f"at delta {spent['delta']:g}",
             flush=True,
         )
-    run_dir = _run_dir(context)
-    if run_dir is not None:
-        path = run_dir / "analytics.json"
-        path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"results written to {path}", flush=True)
+    # `pollinate simulate` writes runs/<run-id>/analytics.json; `pollinate run` logs it.
+    grid.publish("analytics", results)
     return results

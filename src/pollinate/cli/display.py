@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,6 +84,10 @@ class ProgressDisplay:
         """The run ends early: say so, with the reason (e.g. the privacy budget)."""
         self._progress.update(self._task, status="stopped")
         self._print_line(f"stopped before round {server_round}: {reason}")
+
+    def on_result(self, name: str, data: Mapping[str, Any]) -> None:
+        """The ServerApp published a result: one line saying so."""
+        self._print_line(f"result {name!r} published ({len(data)} entries)")
 
     def stop(self) -> None:
         """End the live panel (safe to call twice)."""

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -33,6 +34,7 @@ class RunRecorder:
         self.history = History()
         self._started = time.perf_counter()
         self._first_round: float | None = None
+        self._results: dict[str, str] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
         self._plotter = _Plotter()
 
@@ -61,6 +63,13 @@ class RunRecorder:
         self.history.stopped_reason = reason
         self._write(status="running")
 
+    def on_result(self, name: str, data: Mapping[str, Any]) -> None:
+        """A result the ServerApp published: ``<name>.json`` beside history.json."""
+        path = self.run_dir / f"{name}.json"
+        path.write_text(json.dumps(dict(data), indent=2), encoding="utf-8")
+        self._results[name] = path.name
+        self._write(status="running")
+
     def finish(self, status: str, error: str | None = None) -> None:
         """Write the final record and start drawing the plot (:meth:`close` waits for it)."""
         self._write(status=status, error=error)
@@ -86,6 +95,7 @@ class RunRecorder:
                 else None,
             },
             **self.history.to_dict(),
+            "results": dict(self._results),
         }
         tmp = self.history_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")

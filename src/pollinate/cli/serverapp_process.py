@@ -14,7 +14,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -25,6 +27,7 @@ from pollinate.runtime.grpc._common import return_large_buffers_to_the_os
 from pollinate.runtime.grpc.grid import GrpcGrid
 from pollinate.runtime.loading import load_object
 from pollinate.server import ServerApp
+from pollinate.strategy.history import ObserverGroup, RoundRecord
 
 
 def _exit_with_parent() -> None:
@@ -38,6 +41,28 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class _ResultLogger:
+    """Published results go to the run's log as one JSON line each (``pollinate logs``)."""
+
+    def on_start(self, num_rounds: int, initial_centralized: dict[str, Any]) -> None:
+        pass
+
+    def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
+        pass
+
+    def on_reply(self, server_round: int, phase: str, *, ok: bool) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        pass
+
+    def on_stop(self, server_round: int, reason: str) -> None:
+        pass
+
+    def on_result(self, name: str, data: Mapping[str, Any]) -> None:
+        print(f"result {name} {json.dumps(dict(data), separators=(',', ':'))}", flush=True)
 
 
 def main() -> int:
@@ -63,12 +88,13 @@ def main() -> int:
 
         credentials = tls_channel_credentials(args.root_certificate.read_bytes())
     display = ProgressDisplay(Console(file=sys.stdout, force_terminal=False, width=120))
+    observer = ObserverGroup(display, _ResultLogger())
     grid = GrpcGrid(
         args.server,
         run_id=run_id,
         token=token,
         credentials=credentials,
-        observer=display,
+        observer=observer,
         local_replies=os.environ.get("POLLINATE_LOCAL_REPLIES") == "1",
         staging_dir=os.environ.get("POLLINATE_STAGING_DIR") or None,
     )

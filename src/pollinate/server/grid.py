@@ -13,8 +13,11 @@ still holds only a few replies at a time in practice.
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from pollinate.errors import ConfigError, NodeUnavailableError
 from pollinate.records import Error, ErrorCode, Message, RecordDict
@@ -23,6 +26,8 @@ from pollinate.strategy.history import NullObserver, RunObserver
 from pollinate.testing.clock import Clock, SystemClock
 
 __all__ = ["Grid"]
+
+_RESULT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 class Grid(ABC):
@@ -48,6 +53,36 @@ class Grid(ABC):
         self.run_id = run_id
         self.observer: RunObserver = observer if observer is not None else NullObserver()
         self.clock: Clock = clock if clock is not None else SystemClock()
+
+    def publish(self, name: str, data: Mapping[str, Any]) -> None:
+        """Hand a named result of the run to whoever records it.
+
+        For results that are not a model: the answers of analytics queries, a final
+        report. ``pollinate simulate`` writes ``runs/<run>/<name>.json``; under
+        ``pollinate run`` the result is printed to the run's log as one JSON line
+        (``pollinate logs RUN_ID``).
+
+        Raises
+        ------
+        ConfigError
+            If ``name`` is not a plain file stem (letters, digits, ``-``, ``_``, ``.``)
+            or ``data`` is not a JSON-serializable mapping.
+        """
+        if not isinstance(name, str) or not _RESULT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"result name {name!r} must be letters, digits, '-', '_' or '.' (it names a "
+                "file), e.g. 'analytics'"
+            )
+        try:
+            json.dumps(dict(data), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"result {name!r} must be a mapping of JSON values (str, numbers, lists, "
+                f"dicts; no NaN): {exc}"
+            ) from None
+        on_result = getattr(self.observer, "on_result", None)
+        if on_result is not None:
+            on_result(name, data)
 
     @abstractmethod
     def nodes(self) -> list[int]:

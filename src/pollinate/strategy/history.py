@@ -7,6 +7,7 @@ Records are plain data, so ``history.json`` is ``json.dumps`` of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -93,7 +94,11 @@ class History:
 
 
 class RunObserver(Protocol):
-    """Told about a run's progress by the round loop."""
+    """Told about a run's progress by the round loop.
+
+    An observer may also have ``on_result(name, data)``: told when the ServerApp
+    publishes a named result (:meth:`pollinate.server.Grid.publish`), such as the
+    answers of analytics queries. It is optional, so it is not part of the protocol."""
 
     def on_start(self, num_rounds: int, initial_centralized: dict[str, MetricValue]) -> None:
         """The run begins; the initial model was evaluated (metrics may be empty)."""
@@ -165,3 +170,9 @@ class ObserverGroup:
             on_stop = getattr(observer, "on_stop", None)
             if on_stop is not None:
                 on_stop(server_round, reason)
+
+    def on_result(self, name: str, data: Mapping[str, Any]) -> None:
+        for observer in self.observers:
+            on_result = getattr(observer, "on_result", None)
+            if on_result is not None:
+                on_result(name, data)
