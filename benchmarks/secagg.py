@@ -223,9 +223,9 @@ their main theorems. Neither paper reports per-stage times on hardware like ours
 - **SecAgg (Bonawitz et al., CCS 2017; arXiv 1611.04482)**: "for 16-bit input
   values, our protocol offers 1.73x communication expansion for 2^10 users and
   2^20-dimensional vectors, and 1.98x expansion for 2^14 users and 2^24 dimensional
-  vectors" (abstract), over sending the values in the clear. *Ours* is measured against float32 plaintext
-  with 32-bit masked entries, so the expansion is ~1x plus the key and share
-  traffic: not the same baseline.
+  vectors" (abstract), over sending the values in the clear. *Ours* is measured
+  against float32 plaintext with 32-bit masked entries, so the expansion is ~1x plus
+  the key and share traffic: not the same baseline.
 - **Server cost of SecAgg**: quadratic in n (the complete graph: every pair shares
   a mask), which is what SecAgg+ removes. *Ours*: with k fixed, each dropped node
   costs the server O(k l) (compare the 0% and 10% rows), not O(n l).
