@@ -74,9 +74,9 @@ def node(
     if key_path is not None:
         signer = security.RequestSigner(security.load_private_key(key_path))
     version = _project_version(app_dir)
-    from pollinate.runtime.grpc._common import return_large_buffers_to_the_os
+    from pollinate.runtime.grpc._common import NODE_MALLOC, tune_malloc
 
-    return_large_buffers_to_the_os()
+    tune_malloc(**NODE_MALLOC)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent = NodeAgent(

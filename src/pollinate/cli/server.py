@@ -96,9 +96,9 @@ def server(
         heartbeat_interval=heartbeat_interval,
         local_serverapp=not serverapp_over_network,
     )
-    from pollinate.runtime.grpc._common import return_large_buffers_to_the_os
+    from pollinate.runtime.grpc._common import SERVER_MALLOC, tune_malloc
 
-    return_large_buffers_to_the_os()
+    tune_malloc(**SERVER_MALLOC)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
