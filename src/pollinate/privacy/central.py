@@ -70,6 +70,7 @@ from pollinate.records import (
 from pollinate.strategy.aggregate import WeightedMean, WeightedMeanAccumulator
 from pollinate.strategy.base import Strategy
 from pollinate.strategy.fedavg import FedAvg
+from pollinate.strategy.wrapper import StrategyWrapper
 
 if TYPE_CHECKING:
     from pollinate.server.grid import Grid
@@ -132,7 +133,7 @@ class _ClipCounts:
         self.unclipped = 0
 
 
-class CentralDP(Strategy):
+class CentralDP(StrategyWrapper):
     """Differentially private FedAvg-family training, with a reported privacy budget.
 
     See the module docstring for the algorithm, the design and what is protected.
@@ -219,6 +220,7 @@ class CentralDP(Strategy):
         self._aggregator = _NoisyMean(self.rng)
         inner = copy.copy(wrapped)
         inner.aggregator = self._aggregator
+        super().__init__(inner)
         #: The wrapped strategy (a shallow copy whose aggregator adds the noise).
         self.strategy: FedAvg = inner
         self._round: _Round | None = None
@@ -365,35 +367,6 @@ class CentralDP(Strategy):
                 "pollinate.privacy.clipping_mod to the ClientApp's mods"
             )
         return False
-
-    # -- everything else is the wrapped strategy's -----------------------------------------
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """The wrapped strategy's evaluate instructions."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The wrapped strategy's evaluate metrics (not privatized)."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """The wrapped strategy's centralized evaluation."""
-        return self.strategy.evaluate(server_round, arrays)
-
-    def min_replies(self, phase: str, num_sampled: int) -> int:
-        """The wrapped strategy's minimum."""
-        return self.strategy.min_replies(phase, num_sampled)
-
-    def keep_first(self, phase: str, num_sampled: int) -> int | None:
-        """The wrapped strategy's over-selection."""
-        return self.strategy.keep_first(phase, num_sampled)
-
-    def on_reply(self, server_round: int, phase: str, reply: Message) -> None:
-        """Passed on to the wrapped strategy."""
-        self.strategy.on_reply(server_round, phase, reply)
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> RecordDict:

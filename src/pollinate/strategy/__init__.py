@@ -34,8 +34,10 @@ from pollinate.strategy.optimizer import ServerOptimizer
 from pollinate.strategy.qfedavg import QFedAvg
 from pollinate.strategy.robust import Bulyan, FedMedian, Krum, Median, MultiKrum, TrimmedMean
 from pollinate.strategy.scaffold import Scaffold
+from pollinate.strategy.wrapper import StrategyWrapper
 
 __all__ = [
+    "StrategyWrapper",
     "TrimmedMean",
     "MultiKrum",
     "Median",

@@ -55,6 +55,7 @@ from pollinate.records import (
     keys,
 )
 from pollinate.strategy.base import EvaluateFn, Result, Strategy
+from pollinate.strategy.wrapper import StrategyWrapper
 
 if TYPE_CHECKING:
     from pollinate.server.grid import Grid
@@ -66,7 +67,7 @@ _LEDGER_KEY = "secagg-dp-ledger"  # the ConfigRecord of state() holding the ledg
 log = logging.getLogger("pollinate")
 
 
-class SecAggPlus(Strategy):
+class SecAggPlus(StrategyWrapper):
     """Train ``strategy`` with SecAgg+: the server learns only the sum of the updates.
 
     Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead",
@@ -130,7 +131,7 @@ class SecAggPlus(Strategy):
                 "distributed DP needs a positive clipping_norm to calibrate its noise to, "
                 f"got {clipping_norm!r}"
             )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.config = config if config is not None else SecAggConfig()
         self.noise_multiplier = float(noise_multiplier)
         self.clipping_norm = clipping_norm
@@ -289,33 +290,9 @@ class SecAggPlus(Strategy):
         reported[DELTA_KEY] = self.delta
         return arrays, reported
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """The wrapped strategy's (plain) evaluation."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The wrapped strategy's metric aggregation."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """The wrapped strategy's centralized evaluation."""
-        return self.strategy.evaluate(server_round, arrays)
-
-    def min_replies(self, phase: str, num_sampled: int) -> int:
-        """The wrapped strategy's minimum; survivors count as replies."""
-        return self.strategy.min_replies(phase, num_sampled)
-
     def keep_first(self, phase: str, num_sampled: int) -> int | None:
         """No over-selection for training: every sampled node is part of the protocol."""
         return None if phase == keys.TRAIN else self.strategy.keep_first(phase, num_sampled)
-
-    def on_reply(self, server_round: int, phase: str, reply: Message) -> None:
-        """Tell the wrapped strategy (e.g. its learning sampler)."""
-        self.strategy.on_reply(server_round, phase, reply)
 
     def state(self) -> RecordDict:
         """The wrapped strategy's state, plus the privacy ledger of distributed DP."""
