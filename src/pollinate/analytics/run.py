@@ -197,33 +197,17 @@ def run_query(
         except PollinateError as exc:
             failures[node_id] = str(exc)
         observer.on_reply(0, message_type, ok=node_id not in failures)
-    if len(answered) < min_nodes:
-        listed = "; ".join(f"node {n}: {reason}" for n, reason in failures.items()) or "none"
-        raise AggregationError(
-            f"{query!r}: only {len(answered)} of {len(targets)} nodes answered and "
-            f"{min_nodes} are needed (min_nodes). Failures: {listed}"
-        )
-    cost = None
-    if privacy is not None:
-        generator = rng if rng is not None else np.random.default_rng()
-        total = _noisy(np.sum(vectors, axis=0), query, privacy.noise_multiplier, generator)
-        cost = _spend(privacy, query)  # spent: the noisy sums exist from here on
-        value, count = query.from_sums(total)
-    else:
-        value, count = query.from_plain(vectors)
-    if count < min_count:
-        raise AggregationError(
-            f"{query!r} covers {count} records, fewer than min_count={min_count}; "
-            "the result is withheld so that a small group is not revealed"
-        )
-    return QueryResult(
-        query=query,
-        value=value,
-        count=count,
-        nodes=tuple(answered),
+    return _release(
+        query,
+        vectors=vectors,
+        answered=answered,
+        targets=targets,
         failures=failures,
-        privacy=cost,
-        secure=secure,
+        min_nodes=min_nodes,
+        min_count=min_count,
+        privacy=privacy,
+        rng=rng,
+        secure=False,
     )
 
 
@@ -276,21 +260,53 @@ def _run_secure(
         arrays_key=REPLY,
         group_id=message_type,
     )
-    failures = {int(node): str(reason) for node, reason in result.dropped.items()}
-    answered = tuple(sorted(int(node) for node in result.survivors))
+    return _release(
+        query,
+        total=np.asarray(result.arrays[VECTOR], np.float64),
+        answered=sorted(int(node) for node in result.survivors),
+        targets=targets,
+        failures={int(node): str(reason) for node, reason in result.dropped.items()},
+        min_nodes=min_nodes,
+        min_count=min_count,
+        privacy=privacy,
+        rng=rng,
+        secure=True,
+    )
+
+
+def _release(
+    query: Query[T],
+    *,
+    vectors: list[NDArray[np.float64]] | None = None,
+    total: NDArray[np.float64] | None = None,
+    answered: list[int],
+    targets: list[int],
+    failures: dict[int, str],
+    min_nodes: int,
+    min_count: int,
+    privacy: QueryPrivacy | None,
+    rng: np.random.Generator | None,
+    secure: bool,
+) -> QueryResult[T]:
+    """The result from the nodes' ``vectors`` (plain) or their ``total`` (secure), once
+    enough nodes answered, with DP noise if asked, unless it covers too few records."""
     if len(answered) < min_nodes:
         listed = "; ".join(f"node {n}: {reason}" for n, reason in failures.items()) or "none"
         raise AggregationError(
-            f"{query!r}: only {len(answered)} of {len(targets)} nodes took part in secure "
-            f"aggregation and {min_nodes} are needed (min_nodes). Dropped: {listed}"
+            f"{query!r}: only {len(answered)} of {len(targets)} nodes answered and "
+            f"{min_nodes} are needed (min_nodes). Failures: {listed}"
         )
-    total = np.asarray(result.arrays[VECTOR], np.float64)
     cost = None
     if privacy is not None:
+        summed = total if total is not None else np.sum(vectors or [], axis=0)
         generator = rng if rng is not None else np.random.default_rng()
-        total = _noisy(total, query, privacy.noise_multiplier, generator)
-        cost = _spend(privacy, query)
-    value, count = query.from_sums(total)
+        noisy = _noisy(summed, query, privacy.noise_multiplier, generator)
+        cost = _spend(privacy, query)  # spent: the noisy sums exist from here on
+        value, count = query.from_sums(noisy)
+    elif total is not None:
+        value, count = query.from_sums(total)
+    else:
+        value, count = query.from_plain(vectors or [])
     if count < min_count:
         raise AggregationError(
             f"{query!r} covers {count} records, fewer than min_count={min_count}; "
@@ -300,10 +316,10 @@ def _run_secure(
         query=query,
         value=value,
         count=count,
-        nodes=answered,
+        nodes=tuple(answered),
         failures=failures,
         privacy=cost,
-        secure=True,
+        secure=secure,
     )
 
 
