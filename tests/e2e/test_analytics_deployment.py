@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pollinate.testing.processes import Processes, free_port, wait_for
+from pollinate.testing.processes import Processes, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "analytics"
 HOSPITALS = 5
@@ -29,35 +29,8 @@ def test_the_analytics_example_runs_over_a_server_and_five_hospital_nodes(
 ) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
-    procs.start(
-        "server",
-        "--address",
-        address,
-        "--state",
-        str(procs.workdir / "state.db"),
-        "--heartbeat-interval",
-        "0.5",
-        "--insecure",
-        name="server",
-    )
-    wait_for(lambda: "listening" in procs.log("server"), 20, "the server to listen")
-    for i in range(HOSPITALS):
-        procs.start(
-            "node",
-            "--server",
-            address,
-            "--app",
-            str(EXAMPLE),
-            "--insecure",
-            "--node-config",
-            f"partition-id={i}",
-            name=f"hospital{i}",
-        )
-    wait_for(
-        lambda: all("connected" in procs.log(f"hospital{i}") for i in range(HOSPITALS)),
-        30,
-        "the hospitals to connect",
-    )
+    procs.start_server(port, "--insecure")
+    procs.start_nodes(port, EXAMPLE, HOSPITALS, "--insecure", prefix="hospital")
 
     result = procs.run(
         "run", str(EXAMPLE), "--server", address, "--insecure", "--config", "min-nodes=5"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pollinate.testing.processes import Processes, free_port, wait_for
+from pollinate.testing.processes import Processes, free_port
 
 PRIVATEAPP = Path(__file__).resolve().parent / "apps" / "privateapp"
 NODES = 4
@@ -22,35 +22,8 @@ def _final_w(stdout: str) -> np.ndarray:
 def test_private_training_runs_over_a_server_and_four_nodes(procs: Processes, mode: str) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
-    procs.start(
-        "server",
-        "--address",
-        address,
-        "--state",
-        str(procs.workdir / "state.db"),
-        "--heartbeat-interval",
-        "0.5",
-        "--insecure",
-        name="server",
-    )
-    wait_for(lambda: "listening" in procs.log("server"), 20, "the server to listen")
-    for i in range(NODES):
-        procs.start(
-            "node",
-            "--server",
-            address,
-            "--app",
-            str(PRIVATEAPP),
-            "--insecure",
-            "--node-config",
-            f"partition-id={i}",
-            name=f"node{i}",
-        )
-    wait_for(
-        lambda: all("connected" in procs.log(f"node{i}") for i in range(NODES)),
-        30,
-        "the nodes to connect",
-    )
+    procs.start_server(port, "--insecure")
+    procs.start_nodes(port, PRIVATEAPP, NODES, "--insecure")
 
     result = procs.run(
         "run", str(PRIVATEAPP), "--server", address, "--insecure", "--config", f"mode={mode}"

@@ -54,6 +54,51 @@ class Processes:
             cwd=self.workdir,
         )
 
+    def start_server(
+        self, port: int, *extra: str, name: str = "server", heartbeat_interval: float = 0.5
+    ) -> subprocess.Popen[str]:
+        """``pollinate server`` on 127.0.0.1:``port`` with its state here; waits until it
+        listens."""
+        process = self.start(
+            "server",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--state",
+            str(self.workdir / "state.db"),
+            "--heartbeat-interval",
+            str(heartbeat_interval),
+            *extra,
+            name=name,
+        )
+        wait_for(lambda: "listening" in self.log(name), 20, f"{name} to listen")
+        return process
+
+    def start_nodes(
+        self, port: int, app: str | Path, count: int, *extra: str, prefix: str = "node"
+    ) -> list[subprocess.Popen[str]]:
+        """``count`` ``pollinate node`` processes with ``partition-id`` 0 to count-1;
+        waits until all are connected."""
+        processes = [
+            self.start(
+                "node",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--app",
+                str(app),
+                *extra,
+                "--node-config",
+                f"partition-id={i}",
+                name=f"{prefix}{i}",
+            )
+            for i in range(count)
+        ]
+        wait_for(
+            lambda: all("connected" in self.log(f"{prefix}{i}") for i in range(count)),
+            30,
+            f"the {count} nodes to connect",
+        )
+        return processes
+
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()
 
