@@ -197,10 +197,10 @@ class GrpcGrid(Grid):
 def _map_file(path: str, size: int) -> memoryview:
     """A read-only map of a reply frame the server stored, checked for its size."""
     with open(path, "rb") as file:
-        # MAP_POPULATE: the whole frame is read at once (it was just written, so it is in
-        # the page cache); mapping it in one call saves a page fault per 4 KiB.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mapped = mmap.mmap(file.fileno(), 0, flags=flags, prot=mmap.PROT_READ) if size else None
+        # Not MAP_POPULATE: replies wait in sending order (Grid.send_and_receive), and a
+        # waiting reply must cost its header's pages, not the whole model, until it is
+        # aggregated (the kernel maps 64 KiB per fault then, from the page cache).
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     if mapped is None:
         return memoryview(b"")
     if len(mapped) != size:
