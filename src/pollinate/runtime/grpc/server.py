@@ -31,9 +31,9 @@ import grpc
 from pollinate.errors import PollinateError, ProtocolError, SerializationError
 from pollinate.records import ConfigRecord, ErrorCode, Message, Metadata
 from pollinate.runtime.grpc._common import (
-    CHANNEL_OPTIONS,
     NODE_ID_KEY,
     RUN_TOKEN_KEY,
+    SERVER_OPTIONS,
     metadata_value,
 )
 from pollinate.runtime.grpc.chunks import (
@@ -731,7 +731,7 @@ def serve(
     # Each node's Subscribe stream holds a thread for as long as it is connected, so the
     # pool is sized for nodes, not for CPU: past it, new calls would queue behind streams.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_threads), options=CHANNEL_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=settings.max_threads), options=SERVER_OPTIONS
     )
     add_fleet_servicer(FleetServicer(coordinator), server)
     add_grid_io_servicer(GridIoServicer(coordinator), server)
