@@ -67,7 +67,7 @@ _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and st
 _INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
 _CONCURRENT_SENDS = 3  # transfers to nodes at once (see Coordinator.sending)
 _SEND_SLOT_WAIT = 2.0  # seconds a transfer waits for a slot before going anyway
-_CACHED_CONTENTS = 2  # broadcast contents kept mapped with their chunk digests (train, evaluate)
+_CACHED_CONTENTS = 1  # the content being sent (re-hashing another costs ~2 ms per 40 MB)
 
 
 @dataclass
