@@ -127,3 +127,24 @@ def test_pld_refuses_fixed_size_sampling_and_says_what_to_use() -> None:
         PldAccountant(sampling="fixed-size")
     with pytest.raises(ConfigError, match="sampling must be one of"):
         RdpAccountant(sampling="shuffled")  # type: ignore[arg-type]
+
+
+def test_a_ledger_replays_into_a_fresh_accountant_and_refuses_a_different_history() -> None:
+    from pollinate.errors import ConfigError
+    from pollinate.privacy.accounting._base import ledger_json, replay_ledger
+
+    original = RdpAccountant(sampling="fixed-size")
+    original.step(noise_multiplier=1.0, sample_rate=0.1, num_steps=3)
+    original.step(noise_multiplier=2.0, sample_rate=0.2)
+    ledger = ledger_json(original)
+    # Act: a fresh accountant, and one that already holds the first step (a resume)
+    fresh, partial = RdpAccountant(sampling="fixed-size"), RdpAccountant(sampling="fixed-size")
+    partial.step(noise_multiplier=1.0, sample_rate=0.1, num_steps=3)
+    replay_ledger(fresh, ledger)
+    replay_ledger(partial, ledger)
+    # Assert
+    assert fresh.spent() == partial.spent() == original.spent()
+    other = RdpAccountant(sampling="fixed-size")
+    other.step(noise_multiplier=5.0, sample_rate=0.5)
+    with pytest.raises(ConfigError, match="cannot restore the privacy ledger"):
+        replay_ledger(other, ledger)

@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import numpy as np
 
-from pollinate.errors import AggregationError, ConfigError, PrivacyBudgetExceededError
-from pollinate.privacy.accounting import Accountant, PrivacyStep, RdpAccountant
-from pollinate.privacy.accounting._base import check_fixed_size_accounting
+from pollinate.errors import AggregationError, ConfigError
+from pollinate.privacy.accounting import Accountant, RdpAccountant
+from pollinate.privacy.accounting._base import check_round, ledger_json, replay_ledger
 from pollinate.privacy.clipping import (
     CLIP_NORM_KEY,
     CLIPPED_KEY,
@@ -265,17 +265,14 @@ class CentralDP(StrategyWrapper):
                 population,
                 1 / population,
             )
-        check_fixed_size_accounting(self.accountant, sample_rate)
-        if self.max_epsilon is not None:
-            trial = copy.deepcopy(self.accountant)
-            trial.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
-            after = trial.epsilon(self.delta)
-            if after > self.max_epsilon:
-                raise PrivacyBudgetExceededError(
-                    f"privacy budget spent: round {server_round} would take epsilon to "
-                    f"{after:.3g} > max_epsilon {self.max_epsilon:g} (delta {self.delta:g}); "
-                    f"epsilon so far {self.epsilon():.3g}"
-                )
+        check_round(
+            self.accountant,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=sample_rate,
+            delta=self.delta,
+            max_epsilon=self.max_epsilon,
+            server_round=server_round,
+        )
         self._round = _Round(server_round, arrays, sample_rate, self.clip_norm)
         self._aggregator.sum_std = gaussian_noise_std(
             clip_norm=self.clip_norm, noise_multiplier=self.update_noise_multiplier
@@ -372,14 +369,10 @@ class CentralDP(StrategyWrapper):
     def state(self) -> RecordDict:
         """The wrapped strategy's state, plus the clip norm, the ledger and the noise rng."""
         state = self.strategy.state()
-        steps = [
-            [step.noise_multiplier, step.sample_rate, step.num_steps]
-            for step in self.accountant.spent()
-        ]
         state[_STATE_KEY] = ConfigRecord(
             {
                 "clip-norm": self.clip_norm,
-                "steps": json.dumps(steps),
+                "steps": ledger_json(self.accountant),
                 "rng": json.dumps(self.rng.bit_generator.state),
             }
         )
@@ -391,21 +384,7 @@ class CentralDP(StrategyWrapper):
         self.strategy.load_state(RecordDict({k: v for k, v in state.items() if k != _STATE_KEY}))
         if not isinstance(saved, ConfigRecord):
             return
-        steps = [
-            PrivacyStep(float(s), float(q), int(n)) for s, q, n in json.loads(str(saved["steps"]))
-        ]
-        spent = list(self.accountant.spent())
-        if spent != steps[: len(spent)]:
-            raise ConfigError(
-                "cannot restore the privacy ledger: this CentralDP's accountant already "
-                "recorded other steps; restore into a new strategy"
-            )
-        for step in steps[len(spent) :]:
-            self.accountant.step(
-                noise_multiplier=step.noise_multiplier,
-                sample_rate=step.sample_rate,
-                num_steps=step.num_steps,
-            )
+        replay_ledger(self.accountant, str(saved["steps"]))
         self.clip_norm = float(saved["clip-norm"])
         self.rng.bit_generator.state = json.loads(str(saved["rng"]))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import math
 from collections import Counter
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-from pollinate.errors import ConfigError
+from pollinate.errors import ConfigError, PrivacyBudgetExceededError
 
 __all__ = ["SAMPLINGS", "Accountant", "PrivacyStep", "Sampling"]
 
@@ -157,16 +159,74 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_fixed_size_accounting(accountant: object, sample_rate: float) -> None:
-    """Refuse Poisson accounting of a round whose nodes were drawn as a fixed-size sample.
+def check_round(
+    accountant: Accountant,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    delta: float,
+    max_epsilon: float | None,
+    server_round: int,
+) -> None:
+    """Refuse, before anything is sent, a round whose accounting would be wrong or would
+    take epsilon at ``delta`` past ``max_epsilon``.
 
     Pollinate's samplers draw a fixed number of nodes; accounting such a round as a
-    Poisson sample would understate epsilon. With every node taking part
-    (``sample_rate == 1``) the two coincide.
+    Poisson sample would understate epsilon (with every node taking part,
+    ``sample_rate == 1``, the two coincide).
+
+    Raises
+    ------
+    ConfigError
+        If ``accountant`` assumes Poisson sampling and ``sample_rate < 1``.
+    PrivacyBudgetExceededError
+        If the round's release would exceed ``max_epsilon``.
     """
     if getattr(accountant, "sampling", None) == "poisson" and sample_rate < 1.0:
         raise ConfigError(
             f"the accountant assumes Poisson sampling, but this round sampled a fixed "
             f"number of nodes (rate {sample_rate:.3g}): its epsilon would be too low; use "
             "RdpAccountant(sampling='fixed-size'), or sample every node"
+        )
+    if max_epsilon is None:
+        return
+    trial = copy.deepcopy(accountant)
+    trial.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    after = trial.epsilon(delta)
+    if after > max_epsilon:
+        so_far = accountant.epsilon(delta) if accountant.spent() else 0.0
+        raise PrivacyBudgetExceededError(
+            f"privacy budget spent: round {server_round} would take epsilon to {after:.3g} "
+            f"> max_epsilon {max_epsilon:g} (delta {delta:g}); epsilon so far {so_far:.3g}"
+        )
+
+
+def ledger_json(accountant: Accountant) -> str:
+    """The accountant's steps as JSON, for a checkpoint (see :func:`replay_ledger`)."""
+    return json.dumps(
+        [[s.noise_multiplier, s.sample_rate, s.num_steps] for s in accountant.spent()]
+    )
+
+
+def replay_ledger(accountant: Accountant, ledger: str) -> None:
+    """Bring ``accountant`` to the steps of a checkpoint's ``ledger``, so a resumed run
+    keeps its budget.
+
+    Raises
+    ------
+    ConfigError
+        If the accountant already recorded steps the ledger does not start with.
+    """
+    steps = [PrivacyStep(float(s), float(q), int(n)) for s, q, n in json.loads(ledger)]
+    spent = list(accountant.spent())
+    if spent != steps[: len(spent)]:
+        raise ConfigError(
+            "cannot restore the privacy ledger: the accountant already recorded other "
+            "steps; restore into a new strategy"
+        )
+    for step in steps[len(spent) :]:
+        accountant.step(
+            noise_multiplier=step.noise_multiplier,
+            sample_rate=step.sample_rate,
+            num_steps=step.num_steps,
         )

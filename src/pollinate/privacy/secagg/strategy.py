@@ -28,8 +28,6 @@ DP-FedAvg. Nodes that drop take their share of the noise with them: with ``d`` o
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,9 +35,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pollinate.errors import ConfigError, PrivacyBudgetExceededError
+from pollinate.errors import ConfigError, PollinateError
 from pollinate.privacy.accounting import Accountant, RdpAccountant
-from pollinate.privacy.accounting._base import check_fixed_size_accounting
+from pollinate.privacy.accounting._base import check_round, ledger_json, replay_ledger
 from pollinate.privacy.central import DELTA_KEY, EPSILON_KEY
 from pollinate.privacy.mechanisms import gaussian_noise_std
 from pollinate.privacy.secagg.config import SecAggConfig
@@ -242,18 +240,18 @@ class SecAggPlus(StrategyWrapper):
         self._train_ids = {m.metadata.message_id for m in messages}
         if self.noise_multiplier > 0 and messages:
             self._sample_rate = len(messages) / max(len(grid.nodes()), len(messages))
-            check_fixed_size_accounting(self.accountant, self._sample_rate)
-            if self.max_epsilon is not None:
-                trial = copy.deepcopy(self.accountant)
-                trial.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)
-                after = trial.epsilon(self.delta)
-                if after > self.max_epsilon:
-                    self._train_ids = set()
-                    raise PrivacyBudgetExceededError(
-                        f"privacy budget spent: round {server_round} would take epsilon to "
-                        f"{after:.3g} > max_epsilon {self.max_epsilon:g} (delta "
-                        f"{self.delta:g}); epsilon so far {self.epsilon():.3g}"
-                    )
+            try:
+                check_round(
+                    self.accountant,
+                    noise_multiplier=self.noise_multiplier,
+                    sample_rate=self._sample_rate,
+                    delta=self.delta,
+                    max_epsilon=self.max_epsilon,
+                    server_round=server_round,
+                )
+            except PollinateError:
+                self._train_ids = set()
+                raise
         return messages
 
     def aggregate_train(
@@ -297,23 +295,15 @@ class SecAggPlus(StrategyWrapper):
     def state(self) -> RecordDict:
         """The wrapped strategy's state, plus the privacy ledger of distributed DP."""
         state = self.strategy.state()
-        steps = [
-            [step.noise_multiplier, step.sample_rate, step.num_steps]
-            for step in self.accountant.spent()
-        ]
-        state[_LEDGER_KEY] = ConfigRecord({"steps": json.dumps(steps)})
+        state[_LEDGER_KEY] = ConfigRecord({"steps": ledger_json(self.accountant)})
         return state
 
     def load_state(self, state: RecordDict) -> None:
         """Restore the wrapped strategy's state; the ledger is replayed into the accountant."""
         saved = state.get(_LEDGER_KEY)
         self.strategy.load_state(RecordDict({k: v for k, v in state.items() if k != _LEDGER_KEY}))
-        if not isinstance(saved, ConfigRecord) or self.accountant.spent():
-            return
-        for sigma, rate, count in json.loads(str(saved["steps"])):
-            self.accountant.step(
-                noise_multiplier=float(sigma), sample_rate=float(rate), num_steps=int(count)
-            )
+        if isinstance(saved, ConfigRecord):
+            replay_ledger(self.accountant, str(saved["steps"]))
 
 
 class _SecureTrainGrid:
