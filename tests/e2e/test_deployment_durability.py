@@ -76,14 +76,15 @@ def test_a_killed_server_resumes_the_run_and_ends_with_the_same_model(procs: Pro
     server.wait(timeout=10)
 
     _start_server(procs, port, state, "server-again")
-    wait_for(
-        lambda: (
-            "completed" in procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure").stdout
-        ),
-        120,
-        "the run to finish",
-    )
+
+    def finished() -> bool:
+        runs = procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure").stdout
+        return "completed" in runs or "failed" in runs
+
+    wait_for(finished, 120, "the run to finish")
     logs = procs.run("logs", run_id, "--server", f"127.0.0.1:{port}", "--insecure").stdout
+    runs = procs.run("runs", "--server", f"127.0.0.1:{port}", "--insecure").stdout
+    assert "completed" in runs, runs + logs
     assert re.search(r"resuming from the checkpoint of round [2-5]", logs), logs
     assert any("reconnecting" in procs.log(f"node{i}") for i in range(4))
 

@@ -178,6 +178,22 @@ def test_heartbeat_and_expiry_follow_the_injected_clock(
         store.expire_nodes(0)
 
 
+def test_a_restart_takes_every_node_offline_until_it_shows_a_sign_of_life(
+    store: StateStore, clock: ManualClock
+) -> None:
+    # A server down for longer than two heartbeats must not declare nodes dead for its
+    # own downtime, nor sample nodes whose connections died with it.
+    _, second = _node(store), _node(store)
+    clock.advance(60)
+
+    assert store.mark_all_offline() == 2
+    assert store.nodes(online_only=True) == []
+    assert store.expire_nodes(20.0) == []  # offline nodes are not declared dead again
+    store.heartbeat(second)
+    assert [n.node_id for n in store.nodes(online_only=True)] == [second]
+    assert store.mark_all_offline() == 1
+
+
 # ----------------------------------------------------------------------------- runs
 
 

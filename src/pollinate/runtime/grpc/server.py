@@ -727,6 +727,7 @@ def serve(
 ) -> None:
     """Run a server until ``stop`` is set (or forever), resuming unfinished runs."""
     store = StateStore(settings.state)
+    store.mark_all_offline()  # before listening: nodes come back as they reconnect
     coordinator = Coordinator(settings, store)
     # Each node's Subscribe stream holds a thread for as long as it is connected, so the
     # pool is sized for nodes, not for CPU: past it, new calls would queue behind streams.

@@ -839,6 +839,21 @@ class StateStore:
             conn.executemany("UPDATE nodes SET online = 0 WHERE node_id = ?", [(i,) for i in ids])
         return ids
 
+    def mark_all_offline(self) -> int:
+        """Mark every node offline; a server does this as it starts.
+
+        No connection survives a server restart, and the time the server was down must
+        not count against a node's heartbeats: a node is online again when it next
+        registers, subscribes or heartbeats, and samplers do not pick it before.
+
+        Returns
+        -------
+        int
+            How many nodes were online.
+        """
+        with self._write(durable=False) as conn:
+            return conn.execute("UPDATE nodes SET online = 0 WHERE online = 1").rowcount
+
     def set_online(self, node_id: int, online: bool) -> None:
         """Set a node's online flag (e.g. offline when it disconnects cleanly).
 
