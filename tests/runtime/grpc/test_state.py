@@ -433,6 +433,59 @@ def test_delete_run_messages_removes_rows_and_files(store: StateStore) -> None:
     assert [p.metadata for p in store.pending_for_node(node_id)] == [kept.metadata]
 
 
+def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
+    store: StateStore,
+) -> None:
+    # Arrange: a broadcast to two nodes, one answered and consumed, one still waiting;
+    # a single instruction answered but not consumed yet; and another run's messages.
+    run_id, other_run = _run(store), _run(store)
+    first, second, third = _node(store), _node(store), _node(store)
+    shared = [_instruction(run_id, n) for n in (first, second)]
+    content = shared[0].content
+    store.add_broadcast([m.metadata for m in shared], recorddict_to_segments(content))
+    single = _instruction(run_id, third)
+    _add(store, single)
+    elsewhere = _instruction(other_run, third)
+    _add(store, elsewhere)
+    answered = _reply(shared[0])
+    store.add_reply(answered.metadata, message_to_segments(answered))
+    store.mark_reply_consumed(answered.metadata.message_id)
+    unread = _reply(single)
+    store.add_reply(unread.metadata, message_to_segments(unread))
+    assert (len(_files(store, "instructions")), len(_files(store, "replies"))) == (3, 2)
+
+    # Act
+    store.save_checkpoint(run_id, 1, recorddict_to_segments(_arrays(1.0)))
+
+    # Assert: the consumed reply and the answered single instruction are gone; the
+    # broadcast content stays while the second node has not answered.
+    assert len(_files(store, "replies")) == 1
+    assert len(_files(store, "instructions")) == 2
+    assert store.replies_for(run_id, [shared[0].metadata.message_id]) == []
+    [row] = store.replies_for(run_id, [single.metadata.message_id])
+    assert message_from_bytes(store.read_blob(row.path)).content["metrics"]["loss"] == 1.0
+    [pending] = store.pending_for_node(second)
+    assert pending.metadata == shared[1].metadata and pending.content_only
+    kept = recorddict_from_bytes(store.read_blob(pending.path))
+    assert kept["arrays"]["w"].tolist() == content["arrays"]["w"].tolist()
+    # Retired rows still de-duplicate: the same reply again is dropped, not stored.
+    assert store.add_reply(answered.metadata, message_to_segments(answered)) is False
+    assert len(_files(store, "replies")) == 1
+
+    # Act: the rest is answered and consumed, and the next checkpoint retires it all.
+    store.mark_reply_consumed(unread.metadata.message_id)
+    late = _reply(shared[1])
+    store.add_reply(late.metadata, message_to_segments(late))
+    store.mark_reply_consumed(late.metadata.message_id)
+    store.save_checkpoint(run_id, 2, recorddict_to_segments(_arrays(2.0)))
+
+    # Assert: only the other run's instruction is left; the run's end still cleans up.
+    assert _files(store, "replies") == []
+    assert len(_files(store, "instructions")) == 1
+    store.delete_run_messages(run_id)
+    assert [p.metadata for p in store.pending_for_node(third)] == [elsewhere.metadata]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

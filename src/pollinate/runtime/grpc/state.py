@@ -25,6 +25,12 @@ Design notes:
 - **Bytes straight to disk.** Receivers write into a :class:`StagedFile` (a file in
   ``tmp/``) as chunks arrive and hand it to the store, which renames it into place: no
   frame is ever held whole in memory.
+- **Bounded disk.** Saving a run's checkpoint retires the bytes it no longer needs:
+  the replies its ServerApp has consumed and the instructions that were answered. A
+  resumed run starts from that checkpoint, so neither is read again; the rows stay
+  (pointing at the ``retired`` blob row), so a late duplicate is still recognised. A
+  run of a thousand rounds keeps about one round of messages on disk, not a thousand,
+  and the files' pages go back to the page cache for the next round's replies.
 - **Exactly once.** Replies are unique by message id *and* by the instruction they
   answer (``UNIQUE`` constraints, so the check holds even between racing threads): the
   first reply to an instruction wins, whether a node's or an error made here for a dead
@@ -114,6 +120,15 @@ MAX_MESSAGE_ID_LENGTH: Final = 128
 _MAX_ID: Final = 2**63 - 1
 _KINDS: Final = ("instructions", "replies", "checkpoints")
 _IN_CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
+#: The blob row that retired instructions and replies point at (no file behind it).
+_RETIRED: Final = "retired"
+#: Run on every open (idempotent): what databases of any schema version need.
+_ON_OPEN: Final = (
+    "INSERT OR IGNORE INTO blobs (path, sha256, size, created_at) VALUES ('retired', '', 0, 0)",
+    "CREATE INDEX IF NOT EXISTS replies_live ON replies (run_id) WHERE blob != 'retired'",
+    "CREATE INDEX IF NOT EXISTS instructions_live ON instructions (run_id, blob)"
+    " WHERE blob != 'retired'",
+)
 
 _SCHEMA: Final = """
 CREATE TABLE schema_version (
@@ -509,22 +524,28 @@ class StateStore:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                return
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = row[0]
-            if not isinstance(version, int):
-                raise ConfigError(f"state database {self._path} has no schema version recorded")
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"state database {self._path} was written by a newer Pollinate (schema "
-                    f"version {version}; this version reads up to {SCHEMA_VERSION}): upgrade "
-                    "pollinate, or use another --state path"
-                )
-            if version < 2:  # version 2 shares a broadcast's content between instructions
-                conn.execute(
-                    "ALTER TABLE instructions ADD COLUMN content_only INTEGER NOT NULL DEFAULT 0"
-                )
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            else:
+                self._upgrade(conn)
+            for statement in _ON_OPEN:
+                conn.execute(statement)
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Bring an existing database to :data:`SCHEMA_VERSION`; refuse a newer one."""
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0]
+        if not isinstance(version, int):
+            raise ConfigError(f"state database {self._path} has no schema version recorded")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"state database {self._path} was written by a newer Pollinate (schema "
+                f"version {version}; this version reads up to {SCHEMA_VERSION}): upgrade "
+                "pollinate, or use another --state path"
+            )
+        if version < 2:  # version 2 shares a broadcast's content between instructions
+            conn.execute(
+                "ALTER TABLE instructions ADD COLUMN content_only INTEGER NOT NULL DEFAULT 0"
+            )
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _sweep_orphans(self) -> None:
         """Delete ``tmp/`` files and blob files no row records (a crash before commit)."""
@@ -1266,7 +1287,8 @@ class StateStore:
         """The stored replies to the given *instruction* ids, in the order asked.
 
         Instructions without a reply yet are left out. Consumed replies are included
-        unless ``unconsumed_only``, so a restarted ServerApp can read them again.
+        unless ``unconsumed_only``, so a ServerApp can read them again, until the run's
+        next checkpoint retires them (the run resumes from there, it never needs them).
         """
         if isinstance(message_ids, str):
             raise ConfigError("message_ids must be a sequence of ids, not one str")
@@ -1274,7 +1296,7 @@ class StateStore:
         found: dict[str, ReplyRow] = {}
         sql = (
             "SELECT r.*, b.sha256, b.size FROM replies r JOIN blobs b ON b.path = r.blob"
-            " WHERE r.run_id = ? AND r.reply_to_message_id IN ({})"
+            " WHERE r.run_id = ? AND r.reply_to_message_id IN ({}) AND r.blob != 'retired'"
         )
         if unconsumed_only:
             sql += " AND r.consumed = 0"
@@ -1289,7 +1311,7 @@ class StateStore:
     def mark_reply_consumed(self, message_id: str) -> None:
         """Flag a reply (by its own message id) as processed by the ServerApp.
 
-        Consumed replies stay readable until :meth:`delete_run_messages`.
+        Consumed replies stay readable until the run's next checkpoint.
 
         Raises
         ------
@@ -1424,8 +1446,8 @@ class StateStore:
             rels = [
                 str(row[0])
                 for row in conn.execute(
-                    "SELECT blob FROM replies WHERE run_id = ?"
-                    " UNION ALL SELECT blob FROM instructions WHERE run_id = ?",
+                    "SELECT blob FROM replies WHERE run_id = ? AND blob != 'retired'"
+                    " UNION SELECT blob FROM instructions WHERE run_id = ? AND blob != 'retired'",
                     (run_id, run_id),
                 )
             ]
@@ -1448,6 +1470,8 @@ class StateStore:
         """Store the global arrays after ``server_round`` durably; keep the newest three.
 
         Saving a round again replaces its checkpoint (a resumed run redoing a round).
+        The run's consumed replies and answered instructions are retired with it: their
+        files are deleted, their rows kept for de-duplication.
 
         Parameters
         ----------
@@ -1474,6 +1498,7 @@ class StateStore:
                 raise _unknown_run(run_id)
         blob = self._write_blob("checkpoints", segments)
         dropped: list[str] = []
+        retired: list[str] = []
         committed = False
         try:
             with self._write() as conn:
@@ -1506,11 +1531,49 @@ class StateStore:
                     )
                     dropped.append(str(row[1]))
                 conn.executemany("DELETE FROM blobs WHERE path = ?", [(r,) for r in dropped])
+                retired = self._retire_messages(conn, run_id)
                 committed = True
         finally:
             if not committed:
                 self._discard_blob_files([blob.rel])
-        self._discard_blob_files(dropped)
+        self._discard_blob_files(dropped + retired)
+
+    def _retire_messages(self, conn: sqlite3.Connection, run_id: int) -> list[str]:
+        """Point a run's consumed replies and answered instructions at the ``retired``
+        row and drop their blob rows; returns the files to delete after the commit.
+
+        A blob shared by a broadcast is retired only once none of its instructions
+        waits for delivery or a reply.
+        """
+        replies = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT blob FROM replies WHERE run_id = ? AND blob != 'retired' AND consumed = 1",
+                (run_id,),
+            )
+        ]
+        conn.execute(
+            "UPDATE replies SET blob = 'retired'"
+            " WHERE run_id = ? AND blob != 'retired' AND consumed = 1",
+            (run_id,),
+        )
+        instructions = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT DISTINCT blob FROM instructions i"
+                " WHERE run_id = ? AND blob != 'retired' AND state = 'replied'"
+                " AND NOT EXISTS (SELECT 1 FROM instructions j WHERE j.run_id = i.run_id"
+                " AND j.blob = i.blob AND j.state != 'replied')",
+                (run_id,),
+            )
+        ]
+        conn.executemany(
+            "UPDATE instructions SET blob = 'retired' WHERE run_id = ? AND blob = ?",
+            [(run_id, rel) for rel in instructions],
+        )
+        retired = replies + instructions
+        conn.executemany("DELETE FROM blobs WHERE path = ?", [(rel,) for rel in retired])
+        return retired
 
     def latest_checkpoint(self, run_id: int) -> CheckpointRow | None:
         """The newest checkpoint of a run whose file is intact, or ``None`` if it has none.
