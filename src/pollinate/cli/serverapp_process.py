@@ -23,7 +23,7 @@ from rich.console import Console
 from pollinate.cli.display import ProgressDisplay
 from pollinate.cli.project import load_project
 from pollinate.records import Context, RecordDict
-from pollinate.runtime.grpc._common import SERVER_MALLOC, tune_malloc
+from pollinate.runtime.grpc._common import SERVERAPP_MALLOC, tune_malloc
 from pollinate.runtime.grpc.grid import GrpcGrid
 from pollinate.runtime.loading import load_object
 from pollinate.server import ServerApp
@@ -75,7 +75,7 @@ def main() -> int:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s"
     )
-    tune_malloc(**SERVER_MALLOC)
+    tune_malloc(**SERVERAPP_MALLOC)
     run_id = int(os.environ["POLLINATE_RUN_ID"])
     token = os.environ["POLLINATE_RUN_TOKEN"]
     run_config = json.loads(os.environ.get("POLLINATE_RUN_CONFIG", "{}"))
