@@ -120,9 +120,8 @@ MAX_MESSAGE_ID_LENGTH: Final = 128
 _MAX_ID: Final = 2**63 - 1
 _KINDS: Final = ("instructions", "replies", "checkpoints")
 _IN_CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
-#: The blob row that retired instructions and replies point at (no file behind it).
-_RETIRED: Final = "retired"
-#: Run on every open (idempotent): what databases of any schema version need.
+#: Run on every open (idempotent): what databases of any schema version need. The
+#: blob row ``retired`` (no file behind it) is where retired messages point.
 _ON_OPEN: Final = (
     "INSERT OR IGNORE INTO blobs (path, sha256, size, created_at) VALUES ('retired', '', 0, 0)",
     "CREATE INDEX IF NOT EXISTS replies_live ON replies (run_id) WHERE blob != 'retired'",
