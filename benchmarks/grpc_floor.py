@@ -8,6 +8,10 @@ four roles (server sending and receiving, nodes receiving and sending) is CPU th
 gRPC-based deployment pays on this machine; divided by the cores it is a lower bound on
 the round's wall time when server and nodes share them.
 
+The same volume over plain TCP sockets (``sendall`` of each 4 MiB message, ``recv_into``
+one reused buffer) is measured beside it: what a data channel for bulk bytes beside
+gRPC's control messages could cost instead.
+
 Usage: ``.venv/bin/python benchmarks/grpc_floor.py`` (about 5 s; prints a table).
 """
 
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import sys
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -88,38 +94,108 @@ def _client(port: int, write: int) -> None:
     os.write(write, ("\n".join(lines) + "\n").encode())
 
 
-def main() -> None:
-    server, port = _serve()
+def _raw_serve() -> tuple[socket.socket, threading.Thread]:
+    """A TCP server: per connection, send the volume, then receive it back."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        buffer = bytearray(MAX_CHUNK_BYTES)
+        for _ in range(REPEATS):
+            connection, _ = listener.accept()
+            with connection:
+                for _ in range(MESSAGES):
+                    connection.sendall(PAYLOAD)
+                _receive(connection, buffer, MESSAGES * MAX_CHUNK_BYTES)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _receive(connection: socket.socket, buffer: bytearray, total: int) -> int:
+    view, received = memoryview(buffer), 0
+    while received < total:
+        n = connection.recv_into(view[: min(len(view), total - received)])
+        if n == 0:
+            break
+        received += n
+    return received
+
+
+def _raw_client(port: int, write: int) -> None:
+    """In the child: receive the volume, send it back; CPU seconds of each to ``write``."""
+    buffer = bytearray(MAX_CHUNK_BYTES)
+    lines = []
+    for _ in range(REPEATS):
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            start, wall = _cpu(), time.perf_counter()
+            received = _receive(connection, buffer, MESSAGES * MAX_CHUNK_BYTES)
+            middle, wall_middle = _cpu(), time.perf_counter()
+            for _ in range(MESSAGES):
+                connection.sendall(PAYLOAD)
+            end, wall_end = _cpu(), time.perf_counter()
+        lines.append(
+            f"{received} {middle - start} {end - middle} {wall_middle - wall} "
+            f"{wall_end - wall_middle}"
+        )
+    os.write(write, ("\n".join(lines) + "\n").encode())
+
+
+def _measure(serve: object, client: object) -> tuple[list[list[str]], float]:
+    """Fork a client against a server started here; the client's rows, server CPU/repeat."""
     read, write = os.pipe()
     start = _cpu()
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        _client(port, write)
+        client(write)  # type: ignore[operator]
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     server_cpu = (_cpu() - start) / REPEATS
-    server.stop(None)
     rows = [line.split() for line in os.fdopen(read).read().split("\n") if line]
+    return rows, server_cpu
+
+
+def _table_rows(label: str, rows: list[list[str]], server_cpu: float) -> float:
     receive = min(float(row[1]) for row in rows)
     send = min(float(row[2]) for row in rows)
     wall_down = min(float(row[3]) for row in rows)
     wall_up = min(float(row[4]) for row in rows)
-    volume = int(rows[0][0]) / 1e6
+    volume = f"{int(rows[0][0]) / 1e6:.0f} MB"
     print(
-        f"grpcio {grpc.__version__}, {volume:.0f} MB each way in 4 MiB messages, best of {REPEATS}"
+        f"| {label} | receiving {volume} (the nodes' downloads) | {receive:.2f} | {wall_down:.2f} |"
     )
-    print("| role | CPU s | wall s |")
-    print("| --- | --- | --- |")
-    print(f"| receiving {volume:.0f} MB (the nodes' downloads) | {receive:.2f} | {wall_down:.2f} |")
-    print(f"| sending {volume:.0f} MB (the nodes' uploads) | {send:.2f} | {wall_up:.2f} |")
-    print(f"| serving both directions (mean per repeat) | {server_cpu:.2f} | - |")
-    floor = receive + send + server_cpu
+    print(f"| {label} | sending {volume} (the nodes' uploads) | {send:.2f} | {wall_up:.2f} |")
+    print(f"| {label} | serving both directions (mean per repeat) | {server_cpu:.2f} | - |")
+    return receive + send + server_cpu
+
+
+def main() -> None:
+    server, port = _serve()
+    rows, server_cpu = _measure(server, lambda write: _client(port, write))
+    server.stop(None)
+    listener, thread = _raw_serve()
+    raw_port = listener.getsockname()[1]
+    raw_rows, raw_server_cpu = _measure(listener, lambda write: _raw_client(raw_port, write))
+    thread.join(timeout=30)
+    listener.close()
+
+    print(
+        f"grpcio {grpc.__version__}; {MESSAGES} messages of 4 MiB each way "
+        f"({MESSAGES * MAX_CHUNK_BYTES / 1e6:.0f} MB), best of {REPEATS}"
+    )
+    print()
+    print("| transport | role | CPU s | wall s |")
+    print("| --- | --- | --- | --- |")
+    floor = _table_rows("gRPC", rows, server_cpu)
+    raw = _table_rows("TCP sockets", raw_rows, raw_server_cpu)
     cores = os.cpu_count() or 1
     print(
-        f"\nA 10M round's transport alone: {floor:.2f} CPU s; on {cores} cores shared by "
-        f"server and nodes, at least {floor / cores:.2f} s of wall time before any work."
+        f"\nA 10M round's transport alone: {floor:.2f} CPU s over gRPC, {raw:.2f} CPU s over "
+        f"plain sockets; on {cores} cores shared by server and nodes, at least "
+        f"{floor / cores:.2f} s (gRPC) or {raw / cores:.2f} s (sockets) of wall time before "
+        "any work."
     )
 
 
