@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollinate import ClientApp, ServerApp, run_simulation
 from pollinate.adapters import load_arrays, to_arrays
-from pollinate.cli.project import load_project
-from pollinate.runtime.loading import load_object
+from pollinate.testing.projects import simulate_project
 
 pytestmark = pytest.mark.imports_jax  # see tests/conftest.py
 
@@ -21,15 +19,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jax"
 
 def _run(**overrides: Any) -> dict[str, Any]:
     """The history of the example run as ``pollinate simulate`` runs it, minus the record."""
-    project = load_project(EXAMPLE)
-    project.add_to_path()
-    result = run_simulation(
-        load_object(project.server_app, ServerApp),
-        load_object(project.client_app, ClientApp),
-        num_nodes=int(project.simulation["num-nodes"]),
-        run_config={**project.config, **overrides},
-    )
-    history: dict[str, Any] = result.history.to_dict()
+    history: dict[str, Any] = simulate_project(EXAMPLE, run_config=overrides).history.to_dict()
     return history
 
 

@@ -9,24 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pollinate import ClientApp, ServerApp, run_simulation
-from pollinate.cli.project import load_project
-from pollinate.runtime.loading import load_object
+from pollinate.testing.projects import simulate_project
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pytorch"
 
 
 def _run(**overrides: Any) -> dict[str, Any]:
     """The history of the example run as ``pollinate simulate`` runs it, minus the record."""
-    project = load_project(EXAMPLE)
-    project.add_to_path()
-    result = run_simulation(
-        load_object(project.server_app, ServerApp),
-        load_object(project.client_app, ClientApp),
-        num_nodes=int(project.simulation["num-nodes"]),
-        run_config={**project.config, **overrides},
-    )
-    history: dict[str, Any] = result.history.to_dict()
+    history: dict[str, Any] = simulate_project(EXAMPLE, run_config=overrides).history.to_dict()
     return history
 
 
