@@ -66,6 +66,30 @@ class Accountant(Protocol):
         ...
 
 
+class StepLedger:
+    """The ledger an accountant keeps: steps recorded in order, checked as they come.
+
+    Accountants inherit it and add :meth:`Accountant.epsilon`; a subclass sets
+    ``self.sampling`` before calling ``super().__init__()``.
+    """
+
+    sampling: Sampling
+
+    def __init__(self) -> None:
+        self._steps: list[PrivacyStep] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sampling={self.sampling!r}, steps={len(self._steps)})"
+
+    def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
+        """Record ``num_steps`` rounds of a sampled Gaussian release."""
+        self._steps.append(check_step(noise_multiplier, sample_rate, num_steps))
+
+    def spent(self) -> tuple[PrivacyStep, ...]:
+        """Every step recorded so far, in order."""
+        return tuple(self._steps)
+
+
 def check_sampling(sampling: str) -> Sampling:
     """``sampling`` if it is one of :data:`SAMPLINGS`, else a ConfigError."""
     if sampling not in SAMPLINGS:

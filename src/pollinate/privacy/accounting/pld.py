@@ -15,9 +15,9 @@ from pollinate.errors import ConfigError
 from pollinate.privacy.accounting._base import (
     PrivacyStep,
     Sampling,
+    StepLedger,
     check_delta,
     check_sampling,
-    check_step,
     gaussian_event,
     grouped,
     neighboring_relation,
@@ -28,7 +28,7 @@ __all__ = ["PldAccountant"]
 
 
 @final
-class PldAccountant:
+class PldAccountant(StepLedger):
     """An :class:`~pollinate.privacy.accounting.Accountant` by privacy loss distributions.
 
     Tighter than RDP (it is numerically exact up to the discretization), but each
@@ -71,19 +71,8 @@ class PldAccountant:
             )
         self.sampling: Sampling = sampling
         self.value_discretization_interval = value_discretization_interval
-        self._steps: list[PrivacyStep] = []
+        super().__init__()
         self._cache: tuple[tuple[PrivacyStep, ...], float, float] | None = None
-
-    def __repr__(self) -> str:
-        return f"PldAccountant(sampling={self.sampling!r}, steps={len(self._steps)})"
-
-    def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
-        """Record ``num_steps`` rounds of a sampled Gaussian release."""
-        self._steps.append(check_step(noise_multiplier, sample_rate, num_steps))
-
-    def spent(self) -> tuple[PrivacyStep, ...]:
-        """Every step recorded so far, in order."""
-        return tuple(self._steps)
 
     def epsilon(self, delta: float) -> float:
         """The epsilon of the composed ledger at ``delta`` (``0.0`` before any step)."""

@@ -17,11 +17,10 @@ from numpy.typing import NDArray
 
 from pollinate.errors import ConfigError
 from pollinate.privacy.accounting._base import (
-    PrivacyStep,
     Sampling,
+    StepLedger,
     check_delta,
     check_sampling,
-    check_step,
     gaussian_event,
     grouped,
     neighboring_relation,
@@ -32,7 +31,7 @@ __all__ = ["RdpAccountant"]
 
 
 @final
-class RdpAccountant:
+class RdpAccountant(StepLedger):
     """An :class:`~pollinate.privacy.accounting.Accountant` by Rényi DP.
 
     RDP composes by adding the per-order divergences, so each distinct
@@ -64,20 +63,9 @@ class RdpAccountant:
         if orders is not None and (not orders or any(not order > 1 for order in orders)):
             raise ConfigError(f"RDP orders must be a non-empty list of numbers > 1, got {orders!r}")
         self.orders: tuple[float, ...] | None = tuple(orders) if orders is not None else None
-        self._steps: list[PrivacyStep] = []
+        super().__init__()
         self._per_step: dict[tuple[float, float], NDArray[np.float64]] = {}
         self._orders_used: NDArray[np.float64] | None = None
-
-    def __repr__(self) -> str:
-        return f"RdpAccountant(sampling={self.sampling!r}, steps={len(self._steps)})"
-
-    def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
-        """Record ``num_steps`` rounds of a sampled Gaussian release."""
-        self._steps.append(check_step(noise_multiplier, sample_rate, num_steps))
-
-    def spent(self) -> tuple[PrivacyStep, ...]:
-        """Every step recorded so far, in order."""
-        return tuple(self._steps)
 
     def epsilon(self, delta: float) -> float:
         """The smallest epsilon over the orders at ``delta`` (``0.0`` before any step)."""
