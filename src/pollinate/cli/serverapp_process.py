@@ -27,7 +27,7 @@ from pollinate.runtime.grpc._common import SERVERAPP_MALLOC, tune_malloc
 from pollinate.runtime.grpc.grid import GrpcGrid
 from pollinate.runtime.loading import load_object
 from pollinate.server import ServerApp
-from pollinate.strategy.history import ObserverGroup, RoundRecord
+from pollinate.strategy.history import NullObserver, ObserverGroup
 
 
 def _exit_with_parent() -> None:
@@ -43,23 +43,8 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-class _ResultLogger:
+class _ResultLogger(NullObserver):
     """Published results go to the run's log as one JSON line each (``pollinate logs``)."""
-
-    def on_start(self, num_rounds: int, initial_centralized: dict[str, Any]) -> None:
-        pass
-
-    def on_phase_start(self, server_round: int, phase: str, num_sampled: int) -> None:
-        pass
-
-    def on_reply(self, server_round: int, phase: str, *, ok: bool) -> None:
-        pass
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        pass
-
-    def on_stop(self, server_round: int, reason: str) -> None:
-        pass
 
     def on_result(self, name: str, data: Mapping[str, Any]) -> None:
         print(f"result {name} {json.dumps(dict(data), separators=(',', ':'))}", flush=True)
