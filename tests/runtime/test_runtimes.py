@@ -227,3 +227,51 @@ def test_inline_runtime_does_not_start_nodes_after_the_deadline() -> None:
     replies = list(grid.send_and_receive(messages, timeout=15))
     assert [r.has_error() for r in replies] == [False, False, True]
     assert replies[2].error is not None and replies[2].error.code == ErrorCode.TIMEOUT
+
+
+def test_process_replies_are_dated_by_each_node_own_duration() -> None:
+    # One worker for three nodes: they queue for it. The time from an instruction to its
+    # reply must still be the node's own (Oort's speed signal), not the queue's.
+    app = ClientApp()
+
+    @app.train()
+    def slow(message: Message, context: Context) -> Message:
+        time.sleep(0.2 * context.node_id)
+        return message.reply(RecordDict())
+
+    grid = ProcessGrid(app, VirtualNodes(num_nodes=3), num_workers=1)
+    try:
+        messages = [
+            Message(RecordDict(), dst_node_id=n, message_type=keys.TRAIN) for n in (1, 2, 3)
+        ]
+        replies = list(grid.send_and_receive(messages, timeout=60))
+    finally:
+        grid.close()
+    pairs = zip(messages, replies, strict=True)
+    took = [r.metadata.created_at - m.metadata.created_at for m, r in pairs]
+    # Each node slept 0.2 s x its id. Queued behind the others, node 3 would answer
+    # 1.2 s after its instruction; on its own it takes 0.6 s and a little.
+    assert [t >= 0.2 * n for n, t in zip((1, 2, 3), took, strict=True)] == [True] * 3
+    assert took[2] < 1.0
+
+
+def test_inline_replies_are_dated_by_each_node_own_duration() -> None:
+    # Nodes run one after the other here, side by side in a federation: the time from
+    # an instruction to its reply must be the node's own (Oort's speed signal), not the
+    # queue's.
+    from pollinate.testing.clock import ManualClock
+
+    clock = ManualClock()
+    app = ClientApp()
+
+    @app.train()
+    def slow(message: Message, context: Context) -> Message:
+        clock.advance(10 * context.node_id)
+        return message.reply(RecordDict())
+
+    grid = InlineGrid(app, VirtualNodes(num_nodes=3), clock=clock)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type=keys.TRAIN) for n in (1, 2, 3)]
+    replies = list(grid.send_and_receive(messages, timeout=100))
+    pairs = zip(messages, replies, strict=True)
+    took = [r.metadata.created_at - m.metadata.created_at for m, r in pairs]
+    assert took == pytest.approx([10, 20, 30])

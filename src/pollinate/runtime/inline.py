@@ -79,9 +79,15 @@ class InlineGrid(VirtualGrid):
         context = self._nodes.context(node_id)
         if time.time() > message.metadata.created_at + message.metadata.ttl:
             return message.reply(error=Error(ErrorCode.TIMEOUT, "instruction expired (ttl)"))
+        started = self.clock.now()
         reply = self._nodes.call(self._app, message, context)
         self._nodes.keep_state(node_id, context.state)
-        return reply
+        # The nodes of a federation work side by side; here they take turns. The reply is
+        # dated as if this node had started when the instruction was made, so the time
+        # from sending to the reply (a sampler's speed signal) is the node's own, not
+        # the sum of the nodes before it.
+        took = self.clock.now() - started
+        return reply.with_metadata(created_at=message.metadata.created_at + took)
 
     def close(self) -> None:
         self._pending.clear()

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -311,6 +312,12 @@ class ProcessGrid(VirtualGrid):
             if reply_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(reply_path)
+        seconds = answer.get("seconds")
+        if isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0:
+            # Nodes wait here for a free worker; in a federation they work side by side.
+            # Dated as if this node had started when the instruction was made, the reply
+            # tells a sampler the node's own speed, not the queue's.
+            reply = reply.with_metadata(created_at=task.metadata.created_at + seconds)
         if answer.get("state_changed"):
             node_id = task.metadata.dst_node_id
             old = self._states.pop(node_id, None)
@@ -399,6 +406,7 @@ def _worker_main(
             return
         if not data:
             return
+        started = time.perf_counter()
         record = json.loads(data)
         metadata = Metadata(**record["metadata"])
         if record["content"] != cached_path:
@@ -413,7 +421,7 @@ def _worker_main(
         else:
             reply = nodes.call(client_app, message, context, crash=_crash)
         segments = message_to_segments(reply)
-        answer: dict[str, Any] = {"state_changed": False}
+        answer: dict[str, Any] = {"state_changed": False, "seconds": time.perf_counter() - started}
         inline = frame_nbytes(segments) <= _INLINE_REPLY_BYTES
         if not inline:
             answer["reply"] = f"{prefix}{next(counter)}-reply"
