@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -88,3 +89,29 @@ def test_stopped_reason_survives_json() -> None:
     back = History.from_dict(json.loads(json.dumps(history.to_dict())))
     assert back == history
     assert History.from_dict({"rounds": []}).stopped_reason is None
+
+
+def test_to_dict_is_asdict_and_shares_nothing_with_the_history() -> None:
+    # Written out for speed: it must stay what dataclasses.asdict gives, field for field.
+    history = History(initial_centralized={"accuracy": 0.1, "per_class": [1, 2]})
+    history.rounds.append(
+        RoundRecord(
+            1,
+            train=PhaseSummary(10, 9, 1, 0, {"loss": 0.5, "hist": [1, 2]}, ["node 3: x"], 0.2),
+            centralized={"accuracy": 0.9},
+            seconds=0.3,
+        )
+    )
+    history.rounds.append(RoundRecord(2, evaluate=PhaseSummary(sampled=4, replied=4)))
+    history.stopped_reason = "budget"
+
+    data = history.to_dict()
+
+    assert data == dataclasses.asdict(history)
+    data["rounds"][0]["train"]["metrics"]["hist"].append(3)
+    data["initial_centralized"]["per_class"].append(3)
+    data["rounds"][0]["train"]["errors"].clear()
+    assert history.rounds[0].train is not None
+    assert history.rounds[0].train.metrics["hist"] == [1, 2]
+    assert history.rounds[0].train.errors == ["node 3: x"]
+    assert history.initial_centralized["per_class"] == [1, 2]
