@@ -197,9 +197,12 @@ class FedAvg(Strategy):
         if fraction == 0.0:
             return []
         deadline = grid.clock.now() + self.wait_timeout
-        grid.wait_for_nodes(max(self.min_available_nodes, minimum), timeout=self.wait_timeout)
-        while True:
+        needed = max(self.min_available_nodes, minimum)
+        nodes = grid.node_info()
+        if sum(info.online for info in nodes) < needed:  # else one listing is enough
+            grid.wait_for_nodes(needed, timeout=self.wait_timeout)
             nodes = grid.node_info()
+        while True:
             # Size the round by the nodes the sampler may pick, not all known ones.
             pool = len(eligible(self.sampler, nodes))
             wanted = max(int(pool * fraction), minimum, 1)
@@ -217,6 +220,7 @@ class FedAvg(Strategy):
                         f"within {self.wait_timeout:g} s: {exc}"
                     ) from None
                 grid.clock.sleep(min(0.5, remaining))
+                nodes = grid.node_info()
 
     def keep_first(self, phase: str, num_sampled: int) -> int | None:
         """With ``over_selection``, the train phase keeps the first 1/over_selection replies."""
