@@ -456,6 +456,7 @@ def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
 
     # Act
     store.save_checkpoint(run_id, 1, recorddict_to_segments(_arrays(1.0)))
+    store.settle()  # the files go on a thread of their own
 
     # Assert: the consumed reply and the answered single instruction are gone; the
     # broadcast content stays while the second node has not answered.
@@ -478,6 +479,7 @@ def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
     store.add_reply(late.metadata, message_to_segments(late))
     store.mark_reply_consumed(late.metadata.message_id)
     store.save_checkpoint(run_id, 2, recorddict_to_segments(_arrays(2.0)))
+    store.settle()
 
     # Assert: only the other run's instruction is left; the run's end still cleans up.
     assert _files(store, "replies") == []
