@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from pollinate.client import ClientApp
 from pollinate.records import ArrayRecord, Error, ErrorCode, Message, RecordDict
-from pollinate.runtime.nodes import VirtualGrid, VirtualNodes
+from pollinate.runtime.nodes import VirtualGrid, VirtualNodes, dated_as_if_alone
 from pollinate.strategy.history import RunObserver
 from pollinate.testing.clock import Clock
 
@@ -82,12 +82,7 @@ class InlineGrid(VirtualGrid):
         started = self.clock.now()
         reply = self._nodes.call(self._app, message, context)
         self._nodes.keep_state(node_id, context.state)
-        # The nodes of a federation work side by side; here they take turns. The reply is
-        # dated as if this node had started when the instruction was made, so the time
-        # from sending to the reply (a sampler's speed signal) is the node's own, not
-        # the sum of the nodes before it.
-        took = self.clock.now() - started
-        return reply.with_metadata(created_at=message.metadata.created_at + took)
+        return dated_as_if_alone(reply, message.metadata.created_at, self.clock.now() - started)
 
     def close(self) -> None:
         self._pending.clear()

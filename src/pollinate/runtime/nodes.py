@@ -15,7 +15,7 @@ from pollinate.server.grid import Grid
 from pollinate.strategy.history import RunObserver
 from pollinate.testing.clock import Clock
 
-__all__ = ["NodeConfigFn", "VirtualGrid", "VirtualNodes"]
+__all__ = ["NodeConfigFn", "VirtualGrid", "VirtualNodes", "dated_as_if_alone"]
 
 #: Extra node_config for the virtual node with a given partition id.
 NodeConfigFn = Callable[[int], Mapping[str, ConfigValue]]
@@ -170,3 +170,13 @@ class VirtualGrid(Grid):
                 converted[key] = convert(content)
             prepared.append((message, converted[key]))
         return prepared
+
+
+def dated_as_if_alone(reply: Message, instruction_created_at: float, seconds: float) -> Message:
+    """``reply``, dated as if its node had started work when the instruction was made.
+
+    Simulated nodes take turns (inline) or wait for a free worker (process); in a
+    federation they work side by side. Dated this way, the time from sending to the
+    reply, a sampler's speed signal, is the node's own and not the queue's.
+    """
+    return reply.with_metadata(created_at=instruction_created_at + seconds)

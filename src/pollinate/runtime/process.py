@@ -43,7 +43,7 @@ from pollinate.client import ClientApp
 from pollinate.errors import ConfigError, SerializationError
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
 from pollinate.runtime.loading import load_object
-from pollinate.runtime.nodes import VirtualGrid, VirtualNodes
+from pollinate.runtime.nodes import VirtualGrid, VirtualNodes, dated_as_if_alone
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
     frame_nbytes,
@@ -314,10 +314,7 @@ class ProcessGrid(VirtualGrid):
                     os.unlink(reply_path)
         seconds = answer.get("seconds")
         if isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0:
-            # Nodes wait here for a free worker; in a federation they work side by side.
-            # Dated as if this node had started when the instruction was made, the reply
-            # tells a sampler the node's own speed, not the queue's.
-            reply = reply.with_metadata(created_at=task.metadata.created_at + seconds)
+            reply = dated_as_if_alone(reply, task.metadata.created_at, seconds)
         if answer.get("state_changed"):
             node_id = task.metadata.dst_node_id
             old = self._states.pop(node_id, None)
