@@ -26,6 +26,7 @@ from pollinate.runtime.grpc.state import SCHEMA_VERSION, StateStore
 from pollinate.serde import (
     message_from_bytes,
     message_parts_from_content,
+    message_to_bytes,
     message_to_segments,
     recorddict_from_bytes,
     recorddict_to_segments,
@@ -48,6 +49,14 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db: Path, clock: ManualClock) -> Iterator[StateStore]:
     with StateStore(db, clock=clock.now) as opened:
+        yield opened
+
+
+@pytest.fixture
+def file_store(db: Path, clock: ManualClock) -> Iterator[StateStore]:
+    """A store that keeps every reply in a file (none in the database), for the tests
+    of how reply files are written, moved and retired."""
+    with StateStore(db, clock=clock.now, inline_reply_bytes=0) as opened:
         yield opened
 
 
@@ -81,8 +90,9 @@ def _files(store: StateStore, kind: str) -> list[str]:
     return sorted(p.name for p in (store.blob_dir / kind).iterdir())
 
 
-def _child(db: Path, body: str) -> subprocess.CompletedProcess[str]:
-    """Run ``body`` in a fresh interpreter with ``store``, helpers and ``db`` defined."""
+def _child(db: Path, body: str, *, inline: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter with ``store``, helpers and ``db`` defined
+    (``inline``: the store keeps small replies in the database, as by default)."""
     prelude = f"""
         import os, signal
         from pathlib import Path
@@ -90,7 +100,7 @@ def _child(db: Path, body: str) -> subprocess.CompletedProcess[str]:
         from pollinate.records import ArrayRecord, Message, MetricRecord, RecordDict
         from pollinate.runtime.grpc.state import StateStore
         from pollinate.serde import message_to_segments
-        store = StateStore(Path({str(db)!r}))
+        store = StateStore(Path({str(db)!r}), inline_reply_bytes={262144 if inline else 0})
         [row] = store.pending_for_node(store.nodes()[0].node_id, now={START!r})
         reply = Message.from_parts(row.metadata, RecordDict(), None).reply(
             RecordDict({{"metrics": MetricRecord({{"loss": 0.5}})}})
@@ -277,8 +287,9 @@ def test_instruction_for_unknown_node_or_run_is_refused(store: StateStore) -> No
 # ----------------------------------------------------------------------------- replies
 
 
-def test_reply_round_trip_and_deduplication(store: StateStore) -> None:
+def test_reply_round_trip_and_deduplication(file_store: StateStore) -> None:
     # Arrange
+    store = file_store
     run_id, node_id = _run(store), _node(store)
     instruction = _instruction(run_id, node_id)
     _add(store, instruction)
@@ -305,8 +316,78 @@ def test_reply_round_trip_and_deduplication(store: StateStore) -> None:
     assert store.replies_for(run_id + 1, [instruction.metadata.message_id]) == []
 
 
-def test_reply_from_wrong_node_or_to_unknown_instruction_is_refused(store: StateStore) -> None:
+def test_a_small_reply_is_kept_in_the_database_and_survives_a_reopen(
+    db: Path, clock: ManualClock
+) -> None:
+    # Arrange: one reply arrives as segments, one through a staged upload in chunks
+    with StateStore(db, clock=clock.now) as store:
+        run_id, node_id = _run(store), _node(store)
+        first, second = _instruction(run_id, node_id), _instruction(run_id, node_id)
+        _add(store, first)
+        _add(store, second)
+        by_segments, by_upload = _reply(first, 0.25), _reply(second, 0.5)
+        frame = message_to_bytes(by_upload)
+        staged = store.stage(reply=True)
+        for start in range(0, len(frame), 100):
+            staged.write(frame[start : start + 100])
+        decoded = message_from_bytes(staged.map())
+
+        # Act
+        assert store.add_reply(by_segments.metadata, message_to_segments(by_segments))
+        assert store.add_reply(decoded.metadata, staged)
+
+        # Assert: no file anywhere, the rows say so
+        assert staged.in_memory
+        assert (_files(store, "replies"), _files(store, "tmp")) == ([], [])
+        rows = store.replies_for(run_id, [first.metadata.message_id, second.metadata.message_id])
+        assert [row.inline for row in rows] == [True, True]
+        assert bytes(store.read_blob(rows[1].path, verify=True)) == frame
+
+    # Assert: committed is durable; a duplicate is still dropped; retiring removes them
+    with StateStore(db, clock=clock.now) as store:
+        rows = store.replies_for(run_id, [first.metadata.message_id, second.metadata.message_id])
+        losses = [
+            message_from_bytes(store.read_blob(row.path)).content["metrics"]["loss"] for row in rows
+        ]
+        assert losses == [0.25, 0.5]
+        assert store.add_reply(by_segments.metadata, message_to_segments(by_segments)) is False
+        for row in rows:
+            store.mark_reply_consumed(row.metadata.message_id)
+        store.save_checkpoint(run_id, 1, recorddict_to_segments(_arrays(1.0)))
+        with pytest.raises(ConfigError, match="not a blob"):
+            store.read_blob(rows[0].path)
+        assert store.replies_for(run_id, [first.metadata.message_id]) == []
+
+
+def test_a_reply_over_the_inline_limit_goes_to_a_file(db: Path, clock: ManualClock) -> None:
+    # Arrange: a limit below the reply's size, reached in the middle of the upload
+    with StateStore(db, clock=clock.now, inline_reply_bytes=1024) as store:
+        run_id, node_id = _run(store), _node(store)
+        instruction = _instruction(run_id, node_id)
+        _add(store, instruction)
+        reply = instruction.reply(
+            RecordDict({"arrays": ArrayRecord({"w": np.arange(1000, dtype=np.float32)})})
+        )
+        frame = message_to_bytes(reply)
+        staged = store.stage(reply=True)
+
+        # Act
+        for start in range(0, len(frame), 512):
+            staged.write(frame[start : start + 512])
+        spilled = not staged.in_memory
+        assert store.add_reply(reply.metadata, staged)
+
+        # Assert
+        assert spilled
+        [row] = store.replies_for(run_id, [instruction.metadata.message_id])
+        assert not row.inline and row.path.stat().st_size == len(frame)
+        arrays = message_from_bytes(store.read_blob(row.path)).content["arrays"]
+        assert arrays["w"].tolist() == list(range(1000))
+
+
+def test_reply_from_wrong_node_or_to_unknown_instruction_is_refused(file_store: StateStore) -> None:
     # Arrange
+    store = file_store
     run_id, node_id, intruder = _run(store), _node(store), _node(store)
     instruction = _instruction(run_id, node_id)
     _add(store, instruction)
@@ -434,8 +515,9 @@ def test_delete_run_messages_removes_rows_and_files(store: StateStore) -> None:
 
 
 def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
-    store: StateStore,
+    file_store: StateStore,
 ) -> None:
+    store = file_store
     # Arrange: a broadcast to two nodes, one answered and consumed, one still waiting;
     # a single instruction answered but not consumed yet; and another run's messages.
     run_id, other_run = _run(store), _run(store)
@@ -637,11 +719,38 @@ def test_reply_killed_before_commit_is_not_visible(
         assert store.add_reply(reply.metadata, message_to_segments(reply))  # retry works
 
 
+def test_a_small_reply_killed_before_commit_leaves_nothing(db: Path, clock: ManualClock) -> None:
+    # Arrange
+    with StateStore(db, clock=clock.now) as store:
+        run_id, node_id = _run(store), _node(store)
+        instruction = _instruction(run_id, node_id)
+        _add(store, instruction)
+
+    # Act: killed just before the transaction that holds the reply's bytes commits
+    child = _child(
+        db,
+        """
+        store._commit_reply = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        store.add_reply(reply.metadata, message_to_segments(reply))
+        raise SystemExit("not killed")
+        """,
+        inline=True,
+    )
+
+    # Assert
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    with StateStore(db, clock=clock.now) as store:
+        assert store.replies_for(run_id, [instruction.metadata.message_id]) == []
+        assert len(store.pending_for_node(node_id, now=START)) == 1
+        assert _files(store, "replies") == [] and _files(store, "tmp") == []
+
+
 # ----------------------------------------------------------------------------- threads
 
 
-def test_concurrent_use_from_threads(store: StateStore) -> None:
+def test_concurrent_use_from_threads(file_store: StateStore) -> None:
     # Arrange
+    store = file_store
     run_id = _run(store)
     nodes = [_node(store) for _ in range(8)]
     instructions = [_instruction(run_id, n) for n in nodes for _ in range(5)]
@@ -684,8 +793,9 @@ def test_concurrent_use_from_threads(store: StateStore) -> None:
     assert len(_files(store, "replies")) == len(instructions)
 
 
-def test_racing_duplicates_store_exactly_one(store: StateStore) -> None:
+def test_racing_duplicates_store_exactly_one(file_store: StateStore) -> None:
     # Arrange
+    store = file_store
     run_id, node_id = _run(store), _node(store)
     instruction = _instruction(run_id, node_id)
     _add(store, instruction)
@@ -728,11 +838,12 @@ def test_newer_schema_is_refused(db: Path) -> None:
 
 
 def test_a_version_1_database_is_upgraded_in_place(db: Path) -> None:
-    # Arrange: a database as version 1 wrote it (no content_only column)
+    # Arrange: a database as version 1 wrote it (no content_only column, no inline data)
     with StateStore(db) as store:
         run_id = store.create_run(app_name="a", app_version="1", app_dir=".", config={})
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE instructions DROP COLUMN content_only")
+        conn.execute("ALTER TABLE blobs DROP COLUMN data")
         conn.execute("UPDATE schema_version SET version = 1")
     conn.close()
 
@@ -743,9 +854,11 @@ def test_a_version_1_database_is_upgraded_in_place(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         columns = [row[1] for row in conn.execute("PRAGMA table_info(instructions)")]
+        blob_columns = [row[1] for row in conn.execute("PRAGMA table_info(blobs)")]
     conn.close()
     assert version == SCHEMA_VERSION
     assert "content_only" in columns
+    assert "data" in blob_columns
 
 
 def test_foreign_files_and_second_owner_are_refused(db: Path, tmp_path: Path) -> None:

@@ -150,10 +150,7 @@ class GrpcGrid(Grid):
         frames: Iterator[tuple[str, Any]]
         if self._local_replies:
             call = self._stub.ReceiveLocal(request, metadata=self._metadata, timeout=timeout + 30)
-            frames = (
-                (location.reply_to_message_id, _map_file(location.path, location.size))
-                for location in call
-            )
+            frames = ((location.reply_to_message_id, _reply_frame(location)) for location in call)
         else:
             call = self._stub.Receive(request, metadata=self._metadata, timeout=timeout + 30)
             frames = read_frames(call, max_bytes=self._max_frame_bytes)
@@ -192,6 +189,18 @@ class GrpcGrid(Grid):
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _reply_frame(location: pb.ReplyLocation) -> memoryview:
+    """A stored reply's frame: given inline (a small reply), or mapped from its file."""
+    if not location.path:
+        if len(location.frame) != location.size:
+            raise SerializationError(
+                f"inline reply to {location.reply_to_message_id} has {len(location.frame)} "
+                f"bytes, expected {location.size}"
+            )
+        return memoryview(location.frame)
+    return _map_file(location.path, location.size)
 
 
 def _map_file(path: str, size: int) -> memoryview:

@@ -434,7 +434,7 @@ class FleetServicer:
                 f"missing {NODE_ID_KEY} metadata with the node id",
             )
         node_id = self._node(context, "PushReply", int(claimed))
-        staged = self.c.store.stage()
+        staged = self.c.store.stage(reply=True)
         try:
             frame = _receive_frame(
                 request_iterator, context, self.c.settings.max_frame_bytes, staged
@@ -626,11 +626,18 @@ class GridIoServicer:
 
     def ReceiveLocal(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Any:
         for row in self._arrivals(request, context):
-            yield pb.ReplyLocation(
-                reply_to_message_id=row.metadata.reply_to_message_id,
-                path=str(row.path),
-                size=row.size,
-            )
+            if row.inline:  # a small reply kept in the database: its bytes, not a path
+                yield pb.ReplyLocation(
+                    reply_to_message_id=row.metadata.reply_to_message_id,
+                    size=row.size,
+                    frame=bytes(self.c.store.read_blob(row.path)),
+                )
+            else:
+                yield pb.ReplyLocation(
+                    reply_to_message_id=row.metadata.reply_to_message_id,
+                    path=str(row.path),
+                    size=row.size,
+                )
 
     def SaveCheckpoint(
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext

@@ -8,7 +8,10 @@ command resumes from what is on disk; nothing acknowledged is lost or counted tw
 Design notes:
 
 - **Rows in SQLite, bytes in files.** Message frames and checkpoints can be larger than
-  a GiB, so they never go into SQLite (a BLOB is read whole into memory). Each one is a
+  a GiB, so they do not go into SQLite (a BLOB is read whole into memory), except
+  replies of at most :data:`INLINE_REPLY_BYTES`, kept in their blob row: committed with
+  the reply's row, they cost one fsync instead of three (file, directory, row), which
+  was a quarter of a small model's round. Each one is a
   *blob* file under ``PATH.blobs/`` whose size and SHA-256 are recorded in the
   ``blobs`` table; readers get it back memory-mapped (:meth:`StateStore.read_blob`) and
   the server streams it from there. Memory stays near one chunk when writing (segments
@@ -77,7 +80,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from pollinate.errors import (
     ConfigError,
@@ -96,6 +99,7 @@ if sys.platform != "win32":
 __all__ = [
     "RUN_STATUSES",
     "SCHEMA_VERSION",
+    "INLINE_REPLY_BYTES",
     "CheckpointRow",
     "InstructionRow",
     "NodeRow",
@@ -108,18 +112,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The layout version this code writes; a database with a higher one is refused.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: The statuses a run may have.
 RUN_STATUSES: Final = ("pending", "running", "completed", "failed", "stopped")
 #: How many checkpoints are kept per run (the newest ones).
 CHECKPOINTS_KEPT: Final = 3
 #: Longest wait for another writer to release the database (seconds).
 BUSY_TIMEOUT: Final = 10.0
+#: Replies of at most this many bytes are stored inside the database, in the row's own
+#: transaction: one fsync per acknowledged reply instead of three (file, directory and
+#: row). Larger ones go to files, which are streamed and mapped, never read whole.
+INLINE_REPLY_BYTES: Final = 256 * 1024
 #: Longest message id accepted from a peer (uuid4 hex ids are 32 characters).
 MAX_MESSAGE_ID_LENGTH: Final = 128
 
 _MAX_ID: Final = 2**63 - 1
 _KINDS: Final = ("instructions", "replies", "checkpoints")
+_INLINE: Final = "inline"  # the blob path prefix of frames kept in the blobs table
 _IN_CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
 #: Run on every open (idempotent): what databases of any schema version need. The
 #: blob row ``retired`` (no file behind it) is where retired messages point.
@@ -130,6 +139,8 @@ _ON_OPEN: Final = (
     " WHERE blob != 'retired'",
 )
 
+#: ``blobs.data`` holds the frame of a small reply (path ``inline/...``), NULL when the
+#: frame is in a file.
 _SCHEMA: Final = """
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
@@ -168,8 +179,9 @@ CREATE TABLE blobs (
     path TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
-    created_at REAL NOT NULL
-) WITHOUT ROWID;
+    created_at REAL NOT NULL,
+    data BLOB
+);
 CREATE TABLE instructions (
     message_id TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL REFERENCES runs (run_id),
@@ -285,6 +297,8 @@ class ReplyRow:
     size: int
     received_at: float
     consumed: bool
+    #: The frame is kept in the database (a small reply), not in a file at ``path``.
+    inline: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,6 +326,8 @@ class _Blob:
     rel: str
     sha256: str
     size: int
+    #: The frame, for a blob kept in the database (``rel`` starts with ``inline/``).
+    data: bytes | None = None
 
 
 class _Reaper:
@@ -354,34 +370,68 @@ class StagedFile:
     arrive, then handed to :meth:`StateStore.add_reply`, :meth:`StateStore.add_broadcast`
     or :meth:`StateStore.save_checkpoint`, which move it into place.
 
+    With ``memory_limit``, bytes stay in memory until there are more than that, and the
+    file is only created then: a small reply is stored inside the database instead.
+
     Get one from :meth:`StateStore.stage` (or :meth:`StateStore.adopt` for a file a
     local process wrote); :meth:`discard` it if the transfer fails.
     """
 
-    def __init__(self, path: Path, *, hashed: bool, size: int = 0, writable: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        hashed: bool,
+        size: int = 0,
+        writable: bool = True,
+        memory_limit: int = 0,
+    ) -> None:
         self.path = path
         self.size = size
         self._digest = hashlib.sha256() if hashed else None
-        self._file = open(path, "xb") if writable else None  # noqa: SIM115 - closed in finish
+        self._writable = writable
+        self._memory_limit = memory_limit
+        self._memory: bytearray | None = bytearray() if writable and memory_limit > 0 else None
+        self._file: BinaryIO | None = None
+        if writable and self._memory is None:
+            self._file = open(path, "xb")  # noqa: SIM115 - closed in finish
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether every byte is still in memory (no file was created)."""
+        return self._memory is not None
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (a checked chunk)."""
-        if self._file is None:
+        if not self._writable:
             raise ConfigError(f"staged file {self.path} is closed for writing")
+        if self._memory is not None:
+            if len(self._memory) + len(data) <= self._memory_limit:
+                self._memory += data
+                self._written(data)
+                return
+            self._file = open(self.path, "xb")  # noqa: SIM115 - closed in finish
+            self._file.write(self._memory)
+            self._memory = None
+        assert self._file is not None
         self._file.write(data)
+        self._written(data)
+
+    def _written(self, data: bytes | memoryview) -> None:
         if self._digest is not None:
             self._digest.update(data)
         self.size += len(data)
 
     def finish(self, *, sync: bool) -> str:
         """Close the file (fsync'd if ``sync``); returns its SHA-256, or "" if not hashed."""
+        self._writable = False
         if self._file is not None:
             self._file.flush()
             if sync:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-        elif sync:
+        elif sync and self._memory is None:
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -389,14 +439,25 @@ class StagedFile:
                 os.close(fd)
         return "" if self._digest is None else self._digest.hexdigest()
 
+    def contents(self) -> bytes:
+        """The bytes written, when they are all in memory (:attr:`in_memory`)."""
+        if self._memory is None:
+            raise ConfigError(f"staged file {self.path} is on disk; map() it instead")
+        return bytes(self._memory)
+
     def map(self) -> memoryview:
-        """The bytes written so far, memory-mapped read-only (e.g. to decode the frame)."""
+        """The bytes written so far, read-only (e.g. to decode the frame): a memory map
+        of the file, or a copy of the bytes still in memory."""
+        if self._memory is not None:
+            return memoryview(self.contents())
         if self._file is not None:
             self._file.flush()
         return _map_blob(self.path, expected_size=self.size, expected_sha256=None)
 
     def discard(self) -> None:
         """Close and delete the file (a failed or refused transfer); idempotent."""
+        self._writable = False
+        self._memory = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -419,6 +480,9 @@ class StateStore:
         Wall-clock seconds (``time.time`` by default); used for heartbeats, ttl expiry
         and timestamps. Inject a fake one to test timeouts without sleeping. It must be
         on the same scale as ``Metadata.created_at``.
+    inline_reply_bytes:
+        Replies up to this size are kept in the database rather than in files (see
+        :data:`INLINE_REPLY_BYTES`); ``0`` puts every reply in a file.
 
     Raises
     ------
@@ -434,9 +498,16 @@ class StateStore:
     :class:`~pollinate.errors.ConfigError`.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        inline_reply_bytes: int = INLINE_REPLY_BYTES,
+    ) -> None:
         self._path = Path(path)
         self._clock = clock
+        self._inline_reply_bytes = inline_reply_bytes
         self._blob_dir = self._path.parent / (self._path.name + ".blobs")
         self._lock = threading.RLock()
         self._reaper = _Reaper()
@@ -587,6 +658,9 @@ class StateStore:
             conn.execute(
                 "ALTER TABLE instructions ADD COLUMN content_only INTEGER NOT NULL DEFAULT 0"
             )
+        if version < 3:  # version 3 keeps small replies in the blobs table
+            conn.execute("ALTER TABLE blobs ADD COLUMN data BLOB")
+        if version < SCHEMA_VERSION:
             conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _sweep_orphans(self) -> None:
@@ -666,11 +740,16 @@ class StateStore:
     def _abs(self, rel: str) -> Path:
         return self._blob_dir / rel
 
-    def stage(self, *, hashed: bool = False) -> StagedFile:
+    def stage(self, *, hashed: bool = False, reply: bool = False) -> StagedFile:
         """A new file in ``tmp/`` to receive a blob into (``hashed``: keep its SHA-256,
         which checkpoints need; replies and instructions are checked chunk by chunk on
-        arrival instead)."""
-        return StagedFile(self._blob_dir / "tmp" / f"{uuid.uuid4().hex}.part", hashed=hashed)
+        arrival instead). For a ``reply``, the file is only created if the reply is
+        larger than ``inline_reply_bytes``; a smaller one is kept in the database."""
+        return StagedFile(
+            self._blob_dir / "tmp" / f"{uuid.uuid4().hex}.part",
+            hashed=hashed,
+            memory_limit=self._inline_reply_bytes if reply else 0,
+        )
 
     @property
     def staging_dir(self) -> Path:
@@ -699,62 +778,67 @@ class StateStore:
         return StagedFile(staging / candidate.name, hashed=False, size=size, writable=False)
 
     def _write_blob(
-        self, kind: str, segments: Iterable[Segment] | StagedFile, *, sync: bool = True
+        self,
+        kind: str,
+        segments: Iterable[Segment] | StagedFile,
+        *,
+        sync: bool = True,
+        inline_limit: int = 0,
     ) -> _Blob:
         """Write segments to a new blob file: tmp file, fsync, rename, fsync dir.
 
         ``sync=False`` skips the fsyncs, for data that is re-created after a crash anyway
         (instructions: a resumed run sends its round again); a process crash still
         loses nothing, only an operating-system crash could. A :class:`StagedFile` is
-        moved into place instead of copied.
+        moved into place instead of copied; one still in memory (a small reply) becomes
+        a blob kept in the database, made durable by the commit of its row. Segments
+        of at most ``inline_limit`` bytes in all are kept in the database too.
         """
-        name = f"{uuid.uuid4().hex}.bin"
-        if isinstance(segments, StagedFile):
+        if not isinstance(segments, StagedFile):
+            staged = StagedFile(
+                self._blob_dir / "tmp" / f"{uuid.uuid4().hex}.part",
+                hashed=True,
+                memory_limit=inline_limit,
+            )
             try:
-                digest_hex = segments.finish(sync=sync)
-                if kind == "checkpoints" and not digest_hex:  # checkpoints are verified
-                    digest_hex = hashlib.sha256(segments.map()).hexdigest()
-                os.replace(segments.path, self._blob_dir / kind / name)
-            except BaseException:
-                segments.discard()
-                raise
-            if sync:
-                _fsync_dir(self._blob_dir / kind)
-            return _Blob(f"{kind}/{name}", digest_hex, segments.size)
-        tmp = self._blob_dir / "tmp" / (name + ".tmp")
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(tmp, "xb") as f:
                 for segment in segments:
                     view = memoryview(segment)
                     if view.format != "B" or view.ndim != 1:
                         view = view.cast("B")
-                    digest.update(view)
-                    f.write(view)
-                    size += view.nbytes
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, self._blob_dir / kind / name)
+                    staged.write(view)
+            except BaseException:
+                staged.discard()
+                raise
+            segments = staged
+        name = f"{uuid.uuid4().hex}.bin"
+        if segments.in_memory:
+            data = segments.contents()
+            digest_hex = segments.finish(sync=False) or hashlib.sha256(data).hexdigest()
+            return _Blob(f"{_INLINE}/{name}", digest_hex, len(data), data)
+        try:
+            digest_hex = segments.finish(sync=sync)
+            if kind == "checkpoints" and not digest_hex:  # checkpoints are verified
+                digest_hex = hashlib.sha256(segments.map()).hexdigest()
+            os.replace(segments.path, self._blob_dir / kind / name)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            segments.discard()
             raise
         if sync:
             _fsync_dir(self._blob_dir / kind)
-        return _Blob(f"{kind}/{name}", digest.hexdigest(), size)
+        return _Blob(f"{kind}/{name}", digest_hex, segments.size)
 
     def _discard_blob_files(self, rels: Iterable[str]) -> None:
         """Unlink blob files whose rows are gone (or were never committed)."""
         for rel in rels:
+            if _is_inline(rel):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 self._abs(rel).unlink()
 
     def _insert_blob(self, conn: sqlite3.Connection, blob: _Blob) -> None:
         conn.execute(
-            "INSERT INTO blobs (path, sha256, size, created_at) VALUES (?, ?, ?, ?)",
-            (blob.rel, blob.sha256, blob.size, self._now()),
+            "INSERT INTO blobs (path, sha256, size, created_at, data) VALUES (?, ?, ?, ?, ?)",
+            (blob.rel, blob.sha256, blob.size, self._now(), blob.data),
         )
 
     # ----------------------------------------------------------------- nodes
@@ -1230,7 +1314,7 @@ class StateStore:
             if isinstance(segments, StagedFile):
                 segments.discard()
             return False  # a known duplicate: do not even write its bytes
-        blob = self._write_blob("replies", segments)
+        blob = self._write_blob("replies", segments, inline_limit=self._inline_reply_bytes)
         stored = False
         try:
             stored = self._commit_reply(metadata, blob)
@@ -1419,7 +1503,9 @@ class StateStore:
                     _row_metadata(row, reply_to=""), RecordDict(), None
                 )
                 reply = instruction.reply(error=error).with_metadata(created_at=self._now())
-                blob = self._write_blob("replies", message_to_segments(reply))
+                blob = self._write_blob(
+                    "replies", message_to_segments(reply), inline_limit=self._inline_reply_bytes
+                )
                 prepared.append((reply.metadata, blob))
             affected: list[str] = []
             with self._write() as conn:
@@ -1459,10 +1545,21 @@ class StateStore:
             ``verify``) another hash.
         """
         rel = self._relative(path)
+        inline = _is_inline(rel)
         with self._read() as conn:
-            row = conn.execute("SELECT sha256, size FROM blobs WHERE path = ?", (rel,)).fetchone()
+            row = conn.execute(
+                f"SELECT sha256, size{', data' if inline else ''} FROM blobs WHERE path = ?",
+                (rel,),
+            ).fetchone()
         if row is None:
             raise ConfigError(f"{path} is not a blob of state store {self._path}")
+        if inline:
+            data = row["data"]
+            if not isinstance(data, bytes) or len(data) != int(row["size"]):
+                raise SerializationError(f"blob {rel} in {self._path} is missing its bytes")
+            if verify and hashlib.sha256(data).hexdigest() != str(row["sha256"]):
+                raise SerializationError(f"blob {rel} in {self._path} is corrupt")
+            return memoryview(data)
         return _map_blob(
             self._abs(rel),
             expected_size=int(row["size"]),
@@ -1478,7 +1575,7 @@ class StateStore:
             except ValueError:
                 raise ConfigError(f"{path} is not inside {self._blob_dir}") from None
         parts = candidate.parts
-        if len(parts) != 2 or parts[0] not in _KINDS or parts[1] in ("", ".", ".."):
+        if len(parts) != 2 or parts[0] not in (*_KINDS, _INLINE) or parts[1] in ("", ".", ".."):
             raise ConfigError(f"{path} is not a blob of state store {self._path}")
         return f"{parts[0]}/{parts[1]}"
 
@@ -1579,7 +1676,7 @@ class StateStore:
             if not committed:
                 self._discard_blob_files([blob.rel])
         self._discard_blob_files(dropped)
-        self._reaper.delete([self._abs(rel) for rel in retired])
+        self._reaper.delete([self._abs(rel) for rel in retired if not _is_inline(rel)])
 
     def _retire_messages(self, conn: sqlite3.Connection, run_id: int) -> list[str]:
         """Point a run's consumed replies and answered instructions at the ``retired``
@@ -1687,6 +1784,7 @@ class StateStore:
     def _reply_row(self, row: sqlite3.Row) -> ReplyRow:
         return ReplyRow(
             metadata=_row_metadata(row, reply_to=str(row["reply_to_message_id"])),
+            inline=_is_inline(str(row["blob"])),
             path=self._abs(str(row["blob"])),
             sha256=str(row["sha256"]),
             size=int(row["size"]),
@@ -1696,6 +1794,11 @@ class StateStore:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _is_inline(rel: str) -> bool:
+    """Whether a blob path names a frame kept in the database rather than a file."""
+    return rel.startswith(_INLINE + "/")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -674,21 +674,27 @@ class ReplyLocation(_message.Message):
     REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
     reply_to_message_id: _builtins.str
     """The instruction this reply answers."""
     path: _builtins.str
-    """Absolute path of the frame file (read-only; it stays until the run is deleted)."""
+    """Absolute path of the frame file (read-only; it stays until the run's next
+    checkpoint retires the reply). Empty when the frame is given inline.
+    """
     size: _builtins.int
+    frame: _builtins.bytes
+    """The frame itself, for a small reply the server keeps in its database."""
     def __init__(
         self,
         *,
         reply_to_message_id: _builtins.str = ...,
         path: _builtins.str = ...,
         size: _builtins.int = ...,
+        frame: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "reply_to_message_id", b"reply_to_message_id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "path", b"path", "reply_to_message_id", b"reply_to_message_id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
