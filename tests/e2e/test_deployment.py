@@ -174,6 +174,31 @@ def test_an_unauthorized_node_is_refused_and_the_others_are_served(procs: Proces
     assert "refused" in procs.log("server")
 
 
+def test_control_calls_need_an_operator_key_when_the_server_lists_them(procs: Processes) -> None:
+    port = free_port()
+    keys = procs.workdir / "keys"
+    keys.mkdir()
+    for name in ("operator", "stranger"):
+        assert procs.run("keys", str(keys / name)).returncode == 0
+    operators = procs.workdir / "operator_keys"
+    operators.write_text((keys / "operator.pub").read_text())
+    _server(procs, port, "--insecure", "--operator-keys", str(operators))
+    address = ("--server", f"127.0.0.1:{port}", "--insecure")
+
+    unsigned = procs.run("runs", *address, timeout=60)
+    stranger = procs.run("runs", *address, "--key", str(keys / "stranger"), timeout=60)
+    operator = procs.run("runs", *address, "--key", str(keys / "operator"), timeout=60)
+    # A streaming call is signed too: it gets past authentication to "no such run".
+    logs = procs.run("logs", "4242", *address, "--key", str(keys / "operator"), timeout=60)
+
+    assert unsigned.returncode != 0 and "--key" in unsigned.stderr, unsigned.stderr
+    assert stranger.returncode != 0 and "unknown key" in stranger.stderr, stranger.stderr
+    assert "Traceback" not in unsigned.stderr + stranger.stderr
+    assert operator.returncode == 0 and "status" in operator.stdout, operator.stderr
+    assert logs.returncode != 0 and "no run 4242" in logs.stderr, logs.stderr
+    assert "control call ListRuns from" in procs.log("server")
+
+
 def test_garbage_bytes_are_refused_while_a_run_goes_on(procs: Processes) -> None:
     port = free_port()
     _server(procs, port, "--insecure")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import time
@@ -24,6 +25,12 @@ _connection = [
         help="CA certificate that signed the server's (ca.pem).",
     ),
     click.option("--insecure", is_flag=True, help="Plaintext gRPC, for tests on one machine."),
+    click.option(
+        "--key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Private key (`pollinate keys FILE`) to sign with; needed when the server "
+        "is on another machine (it lists the public key in --operator-keys).",
+    ),
 ]
 
 
@@ -33,7 +40,9 @@ def _with_connection(function: Any) -> Any:
     return function
 
 
-def _stub(server_address: str, root_certificate: Path | None, insecure: bool) -> Any:
+def _stub(
+    server_address: str, root_certificate: Path | None, insecure: bool, key: Path | None
+) -> Any:
     import grpc
 
     from pollinate.runtime.grpc import security
@@ -53,7 +62,47 @@ def _stub(server_address: str, root_certificate: Path | None, insecure: bool) ->
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:
         raise ConfigError(f"cannot reach a Pollinate server at {server_address}") from None
+    if key is not None:
+        signer = security.RequestSigner(security.load_private_key(key))
+        channel = grpc.intercept_channel(channel, _signing_interceptor(signer))
     return rpc.ControlStub(channel)
+
+
+def _signing_interceptor(signer: Any) -> Any:
+    """A client interceptor that signs every control call with ``signer``'s key."""
+    import grpc
+
+    from pollinate.runtime.grpc.security import control_method
+
+    class Details(
+        collections.namedtuple(
+            "Details",
+            ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
+        ),
+        grpc.ClientCallDetails,
+    ):
+        pass
+
+    def signed(details: Any) -> Any:
+        name = str(details.method).rsplit("/", 1)[-1]
+        metadata = [*(details.metadata or ()), *signer.sign(control_method(name), None)]
+        return Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    class Signing(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(signed(details), request)
+
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(signed(details), request)
+
+    return Signing()
 
 
 def _call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -104,6 +153,7 @@ def run(
     server_address: str,
     root_certificate: Path | None,
     insecure: bool,
+    key: Path | None,
     rounds: int | None,
     overrides: tuple[str, ...],
     detach: bool,
@@ -122,7 +172,7 @@ def run(
         .get("project", {})
         .get("version", "0")
     )
-    stub = _stub(server_address, root_certificate, insecure)
+    stub = _stub(server_address, root_certificate, insecure, key)
     response = _call(
         "submitting the run",
         stub.SubmitRun,
@@ -144,11 +194,13 @@ def run(
 
 @click.command()
 @_with_connection
-def runs(server_address: str, root_certificate: Path | None, insecure: bool) -> None:
+def runs(
+    server_address: str, root_certificate: Path | None, insecure: bool, key: Path | None
+) -> None:
     """List the runs a server knows."""
     from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
-    stub = _stub(server_address, root_certificate, insecure)
+    stub = _stub(server_address, root_certificate, insecure, key)
     response = _call("listing runs", stub.ListRuns, pb.ListRunsRequest())
     click.echo(f"{'run':>20}  {'status':10}  {'app':20}  created")
     for item in response.runs:
@@ -164,19 +216,30 @@ def runs(server_address: str, root_certificate: Path | None, insecure: bool) -> 
 @_with_connection
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the run ends.")
 def logs(
-    run_id: int, server_address: str, root_certificate: Path | None, insecure: bool, follow: bool
+    run_id: int,
+    server_address: str,
+    root_certificate: Path | None,
+    insecure: bool,
+    key: Path | None,
+    follow: bool,
 ) -> None:
     """Print the log of a run."""
-    _follow(_stub(server_address, root_certificate, insecure), run_id, follow=follow)
+    _follow(_stub(server_address, root_certificate, insecure, key), run_id, follow=follow)
 
 
 @click.command()
 @click.argument("run_id", type=int)
 @_with_connection
-def stop(run_id: int, server_address: str, root_certificate: Path | None, insecure: bool) -> None:
+def stop(
+    run_id: int,
+    server_address: str,
+    root_certificate: Path | None,
+    insecure: bool,
+    key: Path | None,
+) -> None:
     """Stop a running run."""
     from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
-    stub = _stub(server_address, root_certificate, insecure)
+    stub = _stub(server_address, root_certificate, insecure, key)
     response = _call("stopping the run", stub.StopRun, pb.StopRunRequest(run_id=run_id))
     click.echo(f"run {run_id} {'stopping' if response.stopped else 'is not running'}")

@@ -40,6 +40,12 @@ __all__ = ["server"]
     help="Only nodes whose public key is listed here may connect.",
 )
 @click.option(
+    "--operator-keys",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Public keys allowed to submit, list, follow and stop runs (`pollinate run ... "
+    "--key FILE`). Without it, only processes on this machine may.",
+)
+@click.option(
     "--heartbeat-interval",
     type=click.FloatRange(min=0.1),
     default=5.0,
@@ -58,6 +64,7 @@ def server(
     certificates: Path | None,
     insecure: bool,
     authorized_keys: Path | None,
+    operator_keys: Path | None,
     heartbeat_interval: float,
     serverapp_over_network: bool,
 ) -> None:
@@ -87,12 +94,16 @@ def server(
     verifier = None
     if authorized_keys is not None:
         verifier = security.RequestVerifier(security.load_authorized_keys(authorized_keys))
+    operator_verifier = None
+    if operator_keys is not None:
+        operator_verifier = security.RequestVerifier(security.load_authorized_keys(operator_keys))
     settings = ServerSettings(
         address=address,
         state=state,
         credentials=credentials,
         root_certificate=root if root is not None and root.is_file() else None,
         verifier=verifier,
+        operator_verifier=operator_verifier,
         heartbeat_interval=heartbeat_interval,
         local_serverapp=not serverapp_over_network,
     )

@@ -32,7 +32,9 @@ from pollinate.runtime.grpc.security import (
     RequestSigner,
     RequestVerifier,
     ServerCredentialsMaterial,
+    control_method,
     fingerprint,
+    is_loopback_peer,
     load_authorized_keys,
     load_private_key,
     load_root_certificate,
@@ -738,3 +740,32 @@ def test_key_parts_import_without_grpc() -> None:
     output = subprocess.check_output([sys.executable, "-c", code], text=True)
 
     assert output.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("peer", "local"),
+    [
+        ("ipv4:127.0.0.1:50000", True),
+        ("ipv4:127.8.9.10:1", True),
+        ("ipv6:[::1]:50000", True),
+        ("ipv6:[::ffff:127.0.0.1]:50000", True),
+        ("unix:/tmp/pollinate.sock", True),
+        ("ipv4:10.0.0.7:50000", False),
+        ("ipv4:192.168.1.20:443", False),
+        ("ipv6:[2001:db8::1]:50000", False),
+        ("ipv6:[::ffff:10.0.0.7]:50000", False),
+        ("ipv4:not-an-address:1", False),
+        ("", False),
+    ],
+)
+def test_only_peers_on_this_machine_count_as_local(peer: str, local: bool) -> None:
+    assert is_loopback_peer(peer) is local
+
+
+def test_a_node_signature_is_not_valid_for_a_control_call() -> None:
+    key = Ed25519PrivateKey.generate()
+    verifier = RequestVerifier(AuthorizedKeys({public_key_bytes(key): "both"}))
+    as_node = RequestSigner(key).sign("Register", None)
+
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        verifier.verify(control_method("SubmitRun"), None, as_node)

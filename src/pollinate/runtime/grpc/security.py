@@ -73,7 +73,9 @@ __all__ = [
     "RequestSigner",
     "RequestVerifier",
     "ServerCredentialsMaterial",
+    "control_method",
     "fingerprint",
+    "is_loopback_peer",
     "load_authorized_keys",
     "load_private_key",
     "load_root_certificate",
@@ -1063,3 +1065,30 @@ class RequestVerifier:
                 forgotten_at, old = heapq.heappop(self._by_age)
                 self._seen.discard(old)
                 self._floor = max(self._floor, forgotten_at)
+
+
+def control_method(name: str) -> str:
+    """The method name an operator signs for a control call (``SubmitRun``, ...): never
+    one a node signs, so no node signature is valid for a control call."""
+    return f"Control.{name}"
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    ``unix:/path``) is a process on this machine."""
+    transport, _, rest = peer.partition(":")
+    if transport in ("unix", "unix-abstract"):
+        return True
+    if transport == "ipv4":
+        host = rest.rsplit(":", 1)[0]
+    elif transport == "ipv6":
+        host = rest.rsplit(":", 1)[0].strip("[]")
+    else:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

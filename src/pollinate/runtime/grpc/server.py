@@ -42,7 +42,12 @@ from pollinate.runtime.grpc.chunks import (
     iter_cached_chunks,
     iter_chunks,
 )
-from pollinate.runtime.grpc.security import AuthenticationError, RequestVerifier
+from pollinate.runtime.grpc.security import (
+    AuthenticationError,
+    RequestVerifier,
+    control_method,
+    is_loopback_peer,
+)
 from pollinate.runtime.grpc.state import InstructionRow, StagedFile, StateStore
 from pollinate.runtime.grpc.wire import (
     Chunk,
@@ -79,6 +84,9 @@ class ServerSettings:
     credentials: grpc.ServerCredentials | None = None
     root_certificate: Path | None = None  # for the ServerApp processes to trust the server
     verifier: RequestVerifier | None = None
+    #: Checks control calls (run, runs, logs, stop). Without it, only processes on this
+    #: machine may make them: a run executes code on the server.
+    operator_verifier: RequestVerifier | None = None
     heartbeat_interval: float = 5.0
     max_frame_bytes: int = 8 * 1024**3
     max_threads: int = 2048
@@ -662,12 +670,39 @@ class GridIoServicer:
 
 
 class ControlServicer(rpc.ControlServicer):
-    """What the CLI calls."""
+    """What the CLI calls. A run executes its ServerApp's code on this machine, and logs
+    show a run's metrics, so each call is authenticated: signed by an operator key when
+    the server has ``--operator-keys``, otherwise made from this machine."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
 
+    def _authorize(self, context: grpc.ServicerContext, name: str) -> None:
+        verifier = self.c.settings.operator_verifier
+        peer = context.peer()
+        if verifier is not None:
+            try:
+                verifier.verify(control_method(name), None, context.invocation_metadata())
+            except AuthenticationError as exc:
+                log.warning("control call %s from %s refused: %s", name, peer, exc)
+                _abort(
+                    context,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{exc} (control calls need --key FILE with a key the server lists in "
+                    "its --operator-keys)",
+                )
+        elif not is_loopback_peer(peer):
+            log.warning("control call %s from %s refused: no --operator-keys", name, peer)
+            _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"control calls from another machine ({peer}) are refused: start the "
+                "server with --operator-keys FILE and give the client --key FILE (a key "
+                "from `pollinate keys`)",
+            )
+
     def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "SubmitRun")
         try:
             config = json.loads(request.config_json or "{}")
         except json.JSONDecodeError as exc:
@@ -688,6 +723,7 @@ class ControlServicer(rpc.ControlServicer):
         return pb.SubmitRunResponse(run_id=run_id)
 
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "ListRuns")
         return pb.ListRunsResponse(
             runs=[
                 pb.Run(
@@ -703,6 +739,7 @@ class ControlServicer(rpc.ControlServicer):
         )
 
     def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "StreamLogs")
         if self.c.store.run(request.run_id) is None:
             _abort(context, grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
         after = request.after
@@ -723,6 +760,7 @@ class ControlServicer(rpc.ControlServicer):
                 self.c.wait(seen, _WAIT_SLICE)
 
     def StopRun(self, request: pb.StopRunRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "StopRun")
         return pb.StopRunResponse(stopped=self.c.stop_run(request.run_id))
 
 
