@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -197,6 +198,30 @@ def test_control_calls_need_an_operator_key_when_the_server_lists_them(procs: Pr
     assert operator.returncode == 0 and "status" in operator.stdout, operator.stderr
     assert logs.returncode != 0 and "no run 4242" in logs.stderr, logs.stderr
     assert "control call ListRuns from" in procs.log("server")
+
+
+def test_a_run_uses_the_app_as_submitted_not_the_submitters_directory(
+    procs: Processes,
+) -> None:
+    # Arrange: the app submitted from a copy that is deleted as soon as it is submitted
+    port = free_port()
+    copy = procs.workdir / "submitted-app"
+    shutil.copytree(SLOWAPP, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    _server(procs, port, "--insecure")
+    _nodes(procs, port, str(SLOWAPP), 3, "--insecure")
+    address = ("--server", f"127.0.0.1:{port}", "--insecure")
+
+    # Act
+    submitted = procs.run("run", str(copy), *address, "--detach", timeout=60)
+    shutil.rmtree(copy)
+    run_id = submitted.stdout.split()[1]
+    logs = procs.run("logs", run_id, *address, "--follow", timeout=120)
+
+    # Assert: the server ran its own unpacked copy, kept under the bundle's digest
+    assert submitted.returncode == 0, submitted.stderr
+    assert logs.returncode == 0 and "final w [2.0, 2.0, 2.0]" in logs.stdout, logs.stderr
+    [unpacked] = (procs.workdir / "state.db.apps").iterdir()
+    assert (unpacked / "pyproject.toml").is_file() and len(unpacked.name) == 64
 
 
 def test_garbage_bytes_are_refused_while_a_run_goes_on(procs: Processes) -> None:

@@ -159,6 +159,7 @@ def run(
     detach: bool,
 ) -> None:
     """Submit APP as a run to a server and stream its progress."""
+    from pollinate.runtime.grpc.apps import pack_app
     from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
     project = load_project(app)
@@ -179,7 +180,7 @@ def run(
         pb.SubmitRunRequest(
             app_name=project.name,
             app_version=version,
-            app_dir=str(project.root),
+            app_bundle=pack_app(project.root),
             config_json=json.dumps(config, default=str),
         ),
     )

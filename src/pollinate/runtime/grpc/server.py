@@ -36,6 +36,7 @@ from pollinate.runtime.grpc._common import (
     SERVER_OPTIONS,
     metadata_value,
 )
+from pollinate.runtime.grpc.apps import unpack_app
 from pollinate.runtime.grpc.chunks import (
     ChunkAssembler,
     chunk_digests,
@@ -103,6 +104,8 @@ class Coordinator:
     def __init__(self, settings: ServerSettings, store: StateStore) -> None:
         self.settings = settings
         self.store = store
+        #: Submitted apps, unpacked once each (see pollinate.runtime.grpc.apps).
+        self.apps_dir = store.path.parent / (store.path.name + ".apps")
         self.changed = threading.Condition()
         self.generation = 0
         self._tokens: dict[str, int] = {}
@@ -707,20 +710,39 @@ class ControlServicer(rpc.ControlServicer):
             config = json.loads(request.config_json or "{}")
         except json.JSONDecodeError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"config is not JSON: {exc}")
-        if not Path(request.app_dir).is_dir():
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"app directory {request.app_dir!r} does not exist on the server",
-            )
+        app_dir = self._app_dir(request, context)
         run_id = self.c.store.create_run(
             app_name=request.app_name,
             app_version=request.app_version,
-            app_dir=request.app_dir,
+            app_dir=str(app_dir),
             config=config,
         )
         self.c.start_run(run_id)
         return pb.SubmitRunResponse(run_id=run_id)
+
+    def _app_dir(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> Path:
+        """Where the run's app is on this machine: its bundle unpacked, or the named
+        directory of an app installed here."""
+        if not request.app_bundle:
+            if not Path(request.app_dir).is_dir():
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"app directory {request.app_dir!r} does not exist on the server",
+                )
+            return Path(request.app_dir)
+        try:
+            app_dir = unpack_app(request.app_bundle, self.c.apps_dir)
+        except ProtocolError as exc:
+            log.warning("app bundle from %s refused: %s", context.peer(), exc)
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not (app_dir / "pyproject.toml").is_file():
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "app bundle has no pyproject.toml at its top: pack a project directory",
+            )
+        return app_dir
 
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "ListRuns")

@@ -325,12 +325,20 @@ class SubmitRunRequest(_message.Message):
     APP_VERSION_FIELD_NUMBER: _builtins.int
     APP_DIR_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    APP_BUNDLE_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     app_version: _builtins.str
     app_dir: _builtins.str
-    """Directory of the app on the server's machine (the server loads its ServerApp)."""
+    """Directory of the app on the server's machine (the server loads its ServerApp);
+    ignored when app_bundle is given.
+    """
     config_json: _builtins.str
     """The run's config as JSON (an object of bool, int, float and string values)."""
+    app_bundle: _builtins.bytes
+    """The app's directory packed as a zip (pollinate.runtime.grpc.apps: plain relative
+    file names, at most 3 MiB packed and 64 MiB unpacked); the server keeps it under
+    its SHA-256 and runs the ServerApp from there.
+    """
     def __init__(
         self,
         *,
@@ -338,10 +346,11 @@ class SubmitRunRequest(_message.Message):
         app_version: _builtins.str = ...,
         app_dir: _builtins.str = ...,
         config_json: _builtins.str = ...,
+        app_bundle: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_dir", b"app_dir", "app_name", b"app_name", "app_version", b"app_version", "config_json", b"config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_bundle", b"app_bundle", "app_dir", b"app_dir", "app_name", b"app_name", "app_version", b"app_version", "config_json", b"config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
