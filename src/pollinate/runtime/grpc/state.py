@@ -11,7 +11,7 @@ Design notes:
   a GiB, so they do not go into SQLite (a BLOB is read whole into memory), except
   replies of at most :data:`INLINE_REPLY_BYTES`, kept in their blob row: committed with
   the reply's row, they cost one fsync instead of three (file, directory, row), which
-  was a quarter of a small model's round. Each one is a
+  was a quarter of a small model's round. Every other frame is a
   *blob* file under ``PATH.blobs/`` whose size and SHA-256 are recorded in the
   ``blobs`` table; readers get it back memory-mapped (:meth:`StateStore.read_blob`) and
   the server streams it from there. Memory stays near one chunk when writing (segments
