@@ -678,18 +678,23 @@ def test_acknowledged_reply_survives_kill_9(db: Path, clock: ManualClock) -> Non
         assert store.pending_for_node(node_id, now=START) == []
 
 
+_KILL_BEFORE_COMMIT = "store._commit_reply = lambda *a: os.kill(os.getpid(), signal.SIGKILL)"
+
+
 @pytest.mark.parametrize(
-    "crash",
+    ("crash", "inline"),
     [
         # killed while the blob is still a temp file (the fsync is never reached)
-        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)",
+        ("os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)", False),
         # killed after the blob is in place but before the row is committed
-        "store._commit_reply = lambda *a: os.kill(os.getpid(), signal.SIGKILL)",
+        (_KILL_BEFORE_COMMIT, False),
+        # a small reply: killed before the transaction holding its bytes commits
+        (_KILL_BEFORE_COMMIT, True),
     ],
-    ids=["mid-blob", "before-commit"],
+    ids=["mid-blob", "before-commit", "inline-before-commit"],
 )
 def test_reply_killed_before_commit_is_not_visible(
-    db: Path, clock: ManualClock, crash: str
+    db: Path, clock: ManualClock, crash: str, inline: bool
 ) -> None:
     # Arrange
     with StateStore(db, clock=clock.now) as store:
@@ -705,44 +710,20 @@ def test_reply_killed_before_commit_is_not_visible(
         store.add_reply(reply.metadata, message_to_segments(reply))
         raise SystemExit("not killed")
         """,
+        inline=inline,
     )
 
     # Assert
     assert child.returncode == -signal.SIGKILL, child.stderr
-    leftovers = list((db.parent / "server.db.blobs").glob("*/*"))
-    assert leftovers, "the child should have left a file behind"
+    blobs = db.parent / "server.db.blobs"
+    leftovers = [*blobs.glob("tmp/*"), *blobs.glob("replies/*")]
+    assert bool(leftovers) != inline, "a reply file is left behind unless it was inline"
     with StateStore(db, clock=clock.now) as store:
         assert store.replies_for(run_id, [instruction.metadata.message_id]) == []
         assert len(store.pending_for_node(node_id, now=START)) == 1
         assert _files(store, "replies") == [] and _files(store, "tmp") == []
         reply = _reply(instruction)
         assert store.add_reply(reply.metadata, message_to_segments(reply))  # retry works
-
-
-def test_a_small_reply_killed_before_commit_leaves_nothing(db: Path, clock: ManualClock) -> None:
-    # Arrange
-    with StateStore(db, clock=clock.now) as store:
-        run_id, node_id = _run(store), _node(store)
-        instruction = _instruction(run_id, node_id)
-        _add(store, instruction)
-
-    # Act: killed just before the transaction that holds the reply's bytes commits
-    child = _child(
-        db,
-        """
-        store._commit_reply = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
-        store.add_reply(reply.metadata, message_to_segments(reply))
-        raise SystemExit("not killed")
-        """,
-        inline=True,
-    )
-
-    # Assert
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    with StateStore(db, clock=clock.now) as store:
-        assert store.replies_for(run_id, [instruction.metadata.message_id]) == []
-        assert len(store.pending_for_node(node_id, now=START)) == 1
-        assert _files(store, "replies") == [] and _files(store, "tmp") == []
 
 
 # ----------------------------------------------------------------------------- threads
