@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,6 +10,7 @@ from hypothesis import strategies as st
 
 from pollinate.errors import AggregationError
 from pollinate.records import ArrayRecord, MetricRecord
+from pollinate.strategy import aggregate as aggregate_module
 from pollinate.strategy.aggregate import (
     MetricMeanAccumulator,
     WeightedMeanAccumulator,
@@ -128,3 +132,35 @@ def test_weighted_mean_in_blocks_equals_the_whole_array_computation(
         np.testing.assert_array_equal(result[name], expected)
         assert result[name].dtype == records[0][name].dtype
         assert result[name].shape == records[0][name].shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_a_large_model_is_added_on_two_threads_with_the_same_bits_as_on_one(
+    dtype: type[np.generic], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = aggregate_module._PARALLEL_MIN + 12_345  # two halves and a partial block
+    rng = np.random.default_rng(0)
+    updates = [
+        (ArrayRecord({"w": (rng.standard_normal(size) * 100).astype(dtype)}), weight)
+        for weight in (3, 1, 7)
+    ]
+    threaded_threads: set[str] = set()
+    real_over_blocks = aggregate_module._over_blocks
+
+    def spy(size: int, work: Any, scratches: Any) -> None:
+        def recording(block: slice, scratch: Any) -> None:
+            threaded_threads.add(threading.current_thread().name)
+            work(block, scratch)
+
+        real_over_blocks(size, recording, scratches)
+
+    monkeypatch.setattr(aggregate_module, "_over_blocks", spy)
+    threaded = aggregate_weighted_mean(updates)["w"]
+    monkeypatch.setattr(aggregate_module, "_helper_pool", lambda: None)
+    single = aggregate_weighted_mean(updates)["w"]
+    expected = sum(a["w"].astype(np.float64) * w for a, w in updates) / 11
+
+    assert len(threaded_threads) == 2  # the helper thread took its half
+    assert threaded.dtype == single.dtype == dtype
+    np.testing.assert_array_equal(threaded, single)
+    np.testing.assert_array_equal(threaded, aggregate_module.cast_like(expected, np.dtype(dtype)))

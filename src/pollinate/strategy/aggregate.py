@@ -8,7 +8,10 @@ back to each array's own dtype (rounded for integers, thresholded for bools).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Protocol, final, runtime_checkable
 
 import numpy as np
@@ -43,8 +46,57 @@ def cast_like(values: NDArray[np.float64], dtype: np.dtype[Any]) -> NDArray[Any]
 _BLOCK: Final = 256 * 1024
 
 
-def _blocks(size: int) -> Iterator[slice]:
-    return (slice(start, min(start + _BLOCK, size)) for start in range(0, size, _BLOCK))
+#: Arrays of at least this many elements are worked on by two threads, each over half
+#: the blocks: adding a 10M-parameter reply took 25 ms on one core, 13-14 ms on two, and
+#: the last replies of a round are added while nothing else runs.
+_PARALLEL_MIN: Final = 8 * _BLOCK
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _blocks(size: int, start: int = 0) -> Iterator[slice]:
+    return (slice(first, min(first + _BLOCK, size)) for first in range(start, size, _BLOCK))
+
+
+def _helper_pool() -> ThreadPoolExecutor | None:
+    """One helper thread, on machines with more than one core."""
+    global _helper
+    if (os.cpu_count() or 1) < 2:
+        return None
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregate")
+        return _helper
+
+
+def _over_blocks(
+    size: int,
+    work: Callable[[slice, NDArray[np.float64]], None],
+    scratches: tuple[NDArray[np.float64], NDArray[np.float64]],
+) -> None:
+    """``work(block, scratch)`` for every block of ``size`` elements: the second half
+    of the blocks on the helper thread when the array is large (numpy releases the GIL),
+    each half with its own scratch."""
+    pool = _helper_pool() if size >= _PARALLEL_MIN else None
+    if pool is None:
+        for block in _blocks(size):
+            work(block, scratches[0][: block.stop - block.start])
+        return
+    middle = (size // 2) // _BLOCK * _BLOCK
+
+    def first_half() -> None:
+        for block in _blocks(middle):
+            work(block, scratches[0][: block.stop - block.start])
+
+    def second_half() -> None:
+        for block in _blocks(size, middle):
+            work(block, scratches[1][: block.stop - block.start])
+
+    pending = pool.submit(second_half)
+    try:
+        first_half()
+    finally:
+        pending.result()
 
 
 class WeightedMeanAccumulator:
@@ -67,7 +119,7 @@ class WeightedMeanAccumulator:
         self._sums: dict[str, NDArray[np.float64]] | None = None
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._structure: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
-        self._scratch = np.empty(0, np.float64)
+        self._scratch = (np.empty(0, np.float64), np.empty(0, np.float64))
         self.total_weight = 0.0
         self.count = 0
 
@@ -80,7 +132,8 @@ class WeightedMeanAccumulator:
             self._dtypes = {name: array.dtype for name, array in arrays.items()}
             self._sums = {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}
             largest = max((a.size for a in arrays.values()), default=0)
-            self._scratch = np.empty(min(largest, _BLOCK), np.float64)
+            scratch_size = min(largest, _BLOCK)
+            self._scratch = (np.empty(scratch_size, np.float64), np.empty(scratch_size, np.float64))
         elif arrays.structure() != self._structure:
             raise AggregationError(
                 f"{source} has arrays {describe_structure(arrays.structure())}, but earlier "
@@ -89,10 +142,17 @@ class WeightedMeanAccumulator:
             )
         for name, array in arrays.items():
             flat, sums = array.reshape(-1), self._sums[name].reshape(-1)
-            for block in _blocks(flat.size):
-                scratch = self._scratch[: block.stop - block.start]
+
+            def add_block(
+                block: slice,
+                scratch: NDArray[np.float64],
+                flat: NDArray[Any] = flat,
+                sums: NDArray[np.float64] = sums,
+            ) -> None:
                 np.multiply(flat[block], weight, out=scratch, dtype=np.float64, casting="unsafe")
                 np.add(sums[block], scratch, out=sums[block])
+
+            _over_blocks(flat.size, add_block, self._scratch)
         self.total_weight += float(weight)
         self.count += 1
 
@@ -108,10 +168,18 @@ class WeightedMeanAccumulator:
             dtype = self._dtypes[name]
             mean = np.empty(total.shape, dtype)
             flat, sums = mean.reshape(-1), total.reshape(-1)
-            for block in _blocks(flat.size):
-                scratch = self._scratch[: block.stop - block.start]
+
+            def mean_block(
+                block: slice,
+                scratch: NDArray[np.float64],
+                flat: NDArray[Any] = flat,
+                sums: NDArray[np.float64] = sums,
+                dtype: np.dtype[Any] = dtype,
+            ) -> None:
                 np.divide(sums[block], self.total_weight, out=scratch)
                 flat[block] = cast_like(scratch, dtype)
+
+            _over_blocks(flat.size, mean_block, self._scratch)
             out[name] = mean
         return out
 
