@@ -184,6 +184,26 @@ def test_malformed_and_forged_streams_are_refused_and_the_server_keeps_serving(
         _refused(send(wrong_run), Code.INVALID_ARGUMENT, f"only instructions of run {run_id}")
         _refused(send(_reply_chunks(_instruction(99, run_id))), Code.NOT_FOUND, "no node 99")
 
+        # The calls a ServerApp on the server's machine makes with files: only upload
+        # files inside the server's staging directory, and a checkpoint with its hash.
+        def save_local(path: Path, sha256: str) -> Callable[[], object]:
+            request = pb.CheckpointFile(path=str(path), server_round=1, sha256=sha256)
+            return lambda: grid_io.SaveCheckpointLocal(request, metadata=token, timeout=10)
+
+        outside = procs.workdir / "elsewhere.upload"
+        outside.write_bytes(b"\x00" * 64)
+        _refused(save_local(outside, "a" * 64), Code.INVALID_ARGUMENT, "is not an upload file")
+        staged = procs.workdir / "state.db.blobs" / "tmp" / "rogue.upload"
+        staged.write_bytes(b"\x00" * 64)
+        _refused(save_local(staged, "not-hex"), Code.INVALID_ARGUMENT, "is not a SHA-256")
+        _refused(save_local(staged, ""), Code.INVALID_ARGUMENT, "needs its sha256")
+        listing = pb.BroadcastFile(path=str(outside), instructions_json="[]")
+        _refused(
+            lambda: grid_io.SendBroadcastLocal(listing, metadata=token, timeout=10),
+            Code.INVALID_ARGUMENT,
+            "is not an upload file",
+        )
+
     # A chunk above gRPC's message limit never reaches the handler.
     big = _generated(iter_chunks("big", [b"\x00" * (6 * 1024 * 1024)], chunk_bytes=6 * 1024 * 1024))
     options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]

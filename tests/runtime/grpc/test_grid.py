@@ -1,14 +1,15 @@
-"""GrpcGrid's reading of stored replies on the server's machine (no server needed)."""
+"""GrpcGrid on the server's machine: stored replies and checkpoints (no server needed)."""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import pytest
 
-from pollinate.errors import SerializationError
+from pollinate.errors import ProtocolError, SerializationError
 from pollinate.records import Message, MetricRecord, RecordDict
-from pollinate.runtime.grpc.grid import _reply_frame
+from pollinate.runtime.grpc.grid import GrpcGrid, _local_frames, _reply_frame
 from pollinate.serde import message_from_bytes, message_to_bytes
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
@@ -41,3 +42,44 @@ def test_a_reply_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
         _reply_frame(pb.ReplyLocation(reply_to_message_id="i", size=len(frame), frame=frame[:-8]))
     with pytest.raises(SerializationError, match="expected"):
         _reply_frame(pb.ReplyLocation(reply_to_message_id="i", size=len(frame), path=str(path)))
+
+
+def test_the_next_reply_in_sending_order_is_read_and_a_waiting_one_is_mapped(
+    tmp_path: Path,
+) -> None:
+    frame = _frame()
+    locations = []
+    for name in ("second", "first", "third"):
+        (tmp_path / name).write_bytes(frame)
+        locations.append(
+            pb.ReplyLocation(reply_to_message_id=name, size=len(frame), path=str(tmp_path / name))
+        )
+
+    frames = dict(_local_frames(locations, ["first", "second", "third"]))
+
+    assert all(bytes(view) == frame for view in frames.values())
+    assert isinstance(frames["second"].obj, mmap.mmap)  # arrived before "first": waits
+    assert not isinstance(frames["first"].obj, mmap.mmap)  # read into memory
+    assert not isinstance(frames["third"].obj, mmap.mmap)  # next by the time it came
+
+
+def test_a_checkpoint_written_in_the_background_fails_the_next_call(tmp_path: Path) -> None:
+    grid = GrpcGrid("127.0.0.1:9", run_id=1, token="t", staging_dir=tmp_path)
+    calls: list[pb.CheckpointFile] = []
+
+    def refuse(request: pb.CheckpointFile, **_: object) -> None:
+        calls.append(request)
+        raise ProtocolError("refused")
+
+    grid._stub.SaveCheckpointLocal = refuse
+    state = RecordDict({"m": MetricRecord({"loss": 0.5})})
+    grid.save_checkpoint(1, state)  # returns before the file is written
+
+    with pytest.raises(ProtocolError, match="refused"):
+        grid.save_checkpoint(2, state)  # round 1's error; round 2 is not written
+    grid.save_checkpoint(3, state)
+    with pytest.raises(ProtocolError, match="refused"):
+        grid.close()
+    assert [c.server_round for c in calls] == [1, 3]
+    assert len(calls[0].sha256) == 64
+    assert list(tmp_path.iterdir()) == []  # the refused files were removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import sqlite3
@@ -945,6 +946,26 @@ def test_only_upload_files_inside_the_staging_directory_are_adopted(
     good = store.staging_dir / "y.upload"
     good.write_bytes(b"12345")
     assert store.adopt(good).size == 5
+
+
+def test_an_adopted_checkpoint_keeps_its_writers_hash_and_a_wrong_one_is_caught(
+    store: StateStore,
+) -> None:
+    # The ServerApp on this machine writes a checkpoint file and says its SHA-256.
+    run_id = _run(store)
+    for server_round, frame in ((1, b"round one"), (2, b"round two")):
+        path = store.staging_dir / f"{server_round}.upload"
+        path.write_bytes(frame)
+        declared = hashlib.sha256(frame if server_round == 1 else b"other").hexdigest()
+        store.save_checkpoint(run_id, server_round, store.adopt(path, sha256=declared))
+
+    latest = store.latest_checkpoint(run_id)  # round 2's hash does not match its bytes
+    assert latest is not None and latest.server_round == 1
+    assert bytes(latest.data) == b"round one"
+    another = store.staging_dir / "3.upload"
+    another.write_bytes(b"round three")
+    with pytest.raises(ConfigError, match="not a SHA-256"):
+        store.adopt(another, sha256="ABC")
 
 
 def test_acknowledged_replies_are_committed_with_fsync_and_bookkeeping_without(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import mmap
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
+from pollinate.runtime.grpc.directio import DirectFile, read_file
 from pollinate.runtime.grpc.wire import Chunk, grid_io_stub
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
@@ -61,6 +65,9 @@ class GrpcGrid(Grid):
         self._local_replies = local_replies
         #: On the server's machine: write contents there rather than upload them.
         self._staging_dir = None if staging_dir is None else Path(staging_dir)
+        #: A checkpoint being written on a thread of its own (on the server's machine).
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint: Future[None] | None = None
 
     def node_info(self) -> list[NodeInfo]:
         try:
@@ -124,8 +131,7 @@ class GrpcGrid(Grid):
         assert self._staging_dir is not None
         path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            with open(path, "xb") as file:
-                file.writelines(recorddict_to_segments(group[0].content))
+            _write_file(path, recorddict_to_segments(group[0].content))
             request = pb.BroadcastFile(
                 path=str(path),
                 instructions_json=json.dumps([asdict(message.metadata) for message in group]),
@@ -145,12 +151,15 @@ class GrpcGrid(Grid):
             raise error from None
 
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
+        # Saving a checkpoint retires the replies consumed so far: the previous round's
+        # must be saved before this round's replies are consumed.
+        self._finish_checkpoint()
         request = pb.ReceiveRequest(message_ids=list(message_ids), timeout=timeout)
         call: Any
         frames: Iterator[tuple[str, Any]]
         if self._local_replies:
             call = self._stub.ReceiveLocal(request, metadata=self._metadata, timeout=timeout + 30)
-            frames = ((location.reply_to_message_id, _reply_frame(location)) for location in call)
+            frames = _local_frames(call, message_ids)
         else:
             call = self._stub.Receive(request, metadata=self._metadata, timeout=timeout + 30)
             frames = read_frames(call, max_bytes=self._max_frame_bytes)
@@ -164,7 +173,22 @@ class GrpcGrid(Grid):
             call.cancel()
 
     def save_checkpoint(self, server_round: int, state: RecordDict) -> None:
-        """Store a completed round's state on the server (it survives a server restart)."""
+        """Store a completed round's state on the server (it survives a server restart).
+
+        On the server's machine the state is copied now and written on a thread of its
+        own while the next round's instructions go out: it is durable before that
+        round's replies are received (and before :meth:`close` returns); an error in
+        writing it is raised then.
+        """
+        self._finish_checkpoint()
+        if self._staging_dir is not None:
+            snapshot = b"".join(recorddict_to_segments(state))  # immune to later changes
+            if self._checkpointer is None:
+                self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+            self._checkpoint = self._checkpointer.submit(
+                self._save_checkpoint_local, server_round, snapshot
+            )
+            return
         metadata = (*self._metadata, ("x-pollinate-round", str(server_round)))
         try:
             self._stub.SaveCheckpoint(
@@ -175,8 +199,27 @@ class GrpcGrid(Grid):
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, "saving a checkpoint") from None
 
+    def _finish_checkpoint(self) -> None:
+        """Wait for the checkpoint being written, raising its error if it failed."""
+        pending, self._checkpoint = self._checkpoint, None
+        if pending is not None:
+            pending.result()
+
+    def _save_checkpoint_local(self, server_round: int, frame: bytes) -> None:
+        """Write the checkpoint where the server takes it over, durably: no upload."""
+        assert self._staging_dir is not None
+        path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
+        try:
+            digest = _write_file(path, [frame], sync=True)
+            request = pb.CheckpointFile(path=str(path), server_round=server_round, sha256=digest)
+            self._call("saving a checkpoint", self._stub.SaveCheckpointLocal, request)
+        finally:
+            if path.exists():  # the server moves it on success; clean up after a refusal
+                os.unlink(path)
+
     def load_checkpoint(self) -> tuple[int, RecordDict] | None:
         """The latest valid checkpoint of this run, if any."""
+        self._finish_checkpoint()
         call = self._stub.LoadCheckpoint(
             pb.CheckpointRequest(), metadata=self._metadata, timeout=600
         )
@@ -188,7 +231,52 @@ class GrpcGrid(Grid):
         return None
 
     def close(self) -> None:
-        self._channel.close()
+        try:
+            self._finish_checkpoint()
+        finally:
+            if self._checkpointer is not None:
+                self._checkpointer.shutdown()
+                self._checkpointer = None
+            self._channel.close()
+
+
+def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
+    """Write a frame to a new file around the page cache (the server reads it back
+    once, or never); returns its SHA-256 (hex). ``sync``: fsync it before returning."""
+    digest = hashlib.sha256()
+    file = DirectFile(path)
+    try:
+        for segment in segments:
+            view = memoryview(segment).cast("B")
+            if sync:
+                digest.update(view)
+            file.write(view)
+        file.flush()
+        if sync:
+            os.fsync(file.fileno())
+    finally:
+        file.close()
+    return digest.hexdigest()
+
+
+def _local_frames(
+    locations: Iterable[pb.ReplyLocation], message_ids: Sequence[str]
+) -> Iterator[tuple[str, memoryview]]:
+    """Reply frames from their locations. Replies are added in sending order: the next
+    one is read into memory at once (the server wrote it around the page cache, and
+    touching freshly filled cache pages made adding a reply several times slower); one
+    that must wait for earlier ones is mapped, costing nothing until its turn, so
+    waiting replies never hold a model's worth of memory each."""
+    expected = list(message_ids)
+    for location in locations:
+        reply_to = location.reply_to_message_id
+        is_next = bool(expected) and expected[0] == reply_to
+        with contextlib.suppress(ValueError):
+            expected.remove(reply_to)
+        if is_next and location.path:
+            yield reply_to, _read_reply(location.path, location.size)
+        else:
+            yield reply_to, _reply_frame(location)
 
 
 def _reply_frame(location: pb.ReplyLocation) -> memoryview:
@@ -203,6 +291,14 @@ def _reply_frame(location: pb.ReplyLocation) -> memoryview:
     return _map_file(location.path, location.size)
 
 
+def _read_reply(path: str, size: int) -> memoryview:
+    """A reply frame the server stored, read into memory and checked for its size."""
+    try:
+        return read_file(Path(path), size)
+    except (OSError, ValueError) as exc:
+        raise SerializationError(f"reply file {path}: {exc}") from None
+
+
 def _map_file(path: str, size: int) -> memoryview:
     """A read-only map of a reply frame the server stored, checked for its size."""
     with open(path, "rb") as file:
@@ -214,4 +310,8 @@ def _map_file(path: str, size: int) -> memoryview:
         return memoryview(b"")
     if len(mapped) != size:
         raise SerializationError(f"reply file {path} has {len(mapped)} bytes, expected {size}")
+    if hasattr(mapped, "madvise"):
+        # The server wrote the file around the page cache: start reading it in now, while
+        # the replies sent before it are awaited and added.
+        mapped.madvise(mmap.MADV_WILLNEED)
     return memoryview(mapped)

@@ -49,6 +49,7 @@ from pollinate.runtime.grpc.security import (
     control_method,
     is_loopback_peer,
 )
+from pollinate.runtime.grpc.slots import SendSlots
 from pollinate.runtime.grpc.state import InstructionRow, StagedFile, StateStore
 from pollinate.runtime.grpc.wire import (
     Chunk,
@@ -116,7 +117,8 @@ class Coordinator:
         self._closed = threading.Event()
         #: Transfers to nodes at once: a few streams keep the link busy; more only add
         #: buffers, and every node would get its work later than if they took turns.
-        self.sending = threading.BoundedSemaphore(_CONCURRENT_SENDS)
+        #: Turns go in the order the ServerApp sent the instructions (see SendSlots).
+        self.sending = SendSlots(_CONCURRENT_SENDS)
         self._contents: dict[str, tuple[memoryview, list[bytes]]] = {}
         self._contents_lock = threading.Lock()
 
@@ -424,12 +426,12 @@ class FleetServicer:
                     chunks = iter_chunks(message_id, [self.c.store.read_blob(instruction.path)])
                 # A slot is waited for briefly, never for long: a node on a slow link
                 # must not hold the others back.
-                slot = self.c.sending.acquire(timeout=_SEND_SLOT_WAIT)
+                slot = self.c.sending.acquire(message_id, timeout=_SEND_SLOT_WAIT)
                 try:
                     yield from _deliveries(chunks, run_info)
                 finally:
                     if slot:
-                        self.c.sending.release()
+                        self.c.sending.release(message_id)
                 self.c.store.mark_delivered(message_id)
                 sent_any = True
             if not sent_any:
@@ -525,6 +527,7 @@ class GridIoServicer:
 
     def _queued(self, metadatas: list[Metadata]) -> None:
         """Wake the destination nodes; fail at once what went to nodes known to be gone."""
+        self.c.sending.expect(m.message_id for m in metadatas)
         for metadata in metadatas:
             node = self.c.store.node(metadata.dst_node_id)
             if node is None:
@@ -664,6 +667,22 @@ class GridIoServicer:
         finally:
             staged.discard()
         return pb.SendResponse(message_id=f"checkpoint-{server_round_text}")
+
+    def SaveCheckpointLocal(self, request: pb.CheckpointFile, context: grpc.ServicerContext) -> Any:
+        run_id = self._run(context)
+        try:
+            staged = self.c.store.adopt(request.path, sha256=request.sha256)
+        except PollinateError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            if not request.sha256:
+                _abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "a checkpoint file needs its sha256"
+                )
+            self.c.store.save_checkpoint(run_id, request.server_round, staged)
+        finally:
+            staged.discard()
+        return pb.SendResponse(message_id=f"checkpoint-{request.server_round}")
 
     def LoadCheckpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Any:
         run_id = self._run(context)

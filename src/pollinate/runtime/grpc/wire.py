@@ -311,6 +311,9 @@ def add_grid_io_servicer(servicer: Any, server: grpc.Server) -> None:
                 response_serializer=pb.ReplyLocation.SerializeToString,
             ),
             "SaveCheckpoint": upload(servicer.SaveCheckpoint, pb.SendResponse),
+            "SaveCheckpointLocal": unary(
+                servicer.SaveCheckpointLocal, pb.CheckpointFile, pb.SendResponse
+            ),
             "LoadCheckpoint": download(servicer.LoadCheckpoint, pb.CheckpointRequest),
         },
     )

@@ -710,6 +710,37 @@ class ReplyLocation(_message.Message):
 Global___ReplyLocation: _TypeAlias = ReplyLocation  # noqa: Y015
 
 @_typing.final
+class CheckpointFile(_message.Message):
+    """A checkpoint (a RecordDict frame) that a ServerApp process on the server's own machine
+    wrote as a file into the server's staging directory (named *.upload), fsync'd, instead
+    of uploading it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SERVER_ROUND_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    server_round: _builtins.int
+    sha256: _builtins.str
+    """SHA-256 of the file, hex: recorded to detect a corrupt checkpoint later."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        server_round: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "server_round", b"server_round", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointFile: _TypeAlias = CheckpointFile  # noqa: Y015
+
+@_typing.final
 class CheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

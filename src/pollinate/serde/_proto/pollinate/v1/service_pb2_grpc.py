@@ -478,6 +478,11 @@ class GridIoStub:
                 request_serializer=pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
                 response_deserializer=pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.SaveCheckpointLocal = channel.unary_unary(
+                '/pollinate.v1.GridIo/SaveCheckpointLocal',
+                request_serializer=pollinate_dot_v1_dot_service__pb2.CheckpointFile.SerializeToString,
+                response_deserializer=pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
+                _registered_method=True)
 
 
 class GridIoServicer:
@@ -542,6 +547,13 @@ class GridIoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveCheckpointLocal(self, request, context):
+        """The same, with the frame in a file the server takes over (same machine only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GridIoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -583,6 +595,11 @@ def add_GridIoServicer_to_server(servicer, server):
             'SaveCheckpoint': grpc.stream_unary_rpc_method_handler(
                     servicer.SaveCheckpoint,
                     request_deserializer=pollinate_dot_v1_dot_service__pb2.Chunk.FromString,
+                    response_serializer=pollinate_dot_v1_dot_service__pb2.SendResponse.SerializeToString,
+            ),
+            'SaveCheckpointLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpointLocal,
+                    request_deserializer=pollinate_dot_v1_dot_service__pb2.CheckpointFile.FromString,
                     response_serializer=pollinate_dot_v1_dot_service__pb2.SendResponse.SerializeToString,
             ),
     }
@@ -801,6 +818,33 @@ class GridIo:
             target,
             '/pollinate.v1.GridIo/SaveCheckpoint',
             pollinate_dot_v1_dot_service__pb2.Chunk.SerializeToString,
+            pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpointLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.GridIo/SaveCheckpointLocal',
+            pollinate_dot_v1_dot_service__pb2.CheckpointFile.SerializeToString,
             pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
             options,
             channel_credentials,

@@ -174,6 +174,8 @@ class GridIoStub:
     """The latest valid checkpoint of this run (no chunks if none)."""
     SaveCheckpoint: _grpc.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]
     """Store a checkpoint (a RecordDict frame) for a completed round."""
+    SaveCheckpointLocal: _grpc.UnaryUnaryMultiCallable[_service_pb2.CheckpointFile, _service_pb2.SendResponse]
+    """The same, with the frame in a file the server takes over (same machine only)."""
 
 @_typing.type_check_only
 class GridIoAsyncStub(GridIoStub):
@@ -199,6 +201,8 @@ class GridIoAsyncStub(GridIoStub):
     """The latest valid checkpoint of this run (no chunks if none)."""
     SaveCheckpoint: _aio.StreamUnaryMultiCallable[_service_pb2.Chunk, _service_pb2.SendResponse]  # type: ignore[assignment]
     """Store a checkpoint (a RecordDict frame) for a completed round."""
+    SaveCheckpointLocal: _aio.UnaryUnaryMultiCallable[_service_pb2.CheckpointFile, _service_pb2.SendResponse]  # type: ignore[assignment]
+    """The same, with the frame in a file the server takes over (same machine only)."""
 
 class GridIoServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -269,5 +273,13 @@ class GridIoServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SendResponse, _abc.Awaitable[_service_pb2.SendResponse]]:
         """Store a checkpoint (a RecordDict frame) for a completed round."""
+
+    @_abc_1.abstractmethod
+    def SaveCheckpointLocal(
+        self,
+        request: _service_pb2.CheckpointFile,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SendResponse, _abc.Awaitable[_service_pb2.SendResponse]]:
+        """The same, with the frame in a file the server takes over (same machine only)."""
 
 def add_GridIoServicer_to_server(servicer: GridIoServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
