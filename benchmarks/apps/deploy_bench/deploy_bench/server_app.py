@@ -10,7 +10,11 @@ phases, taken by wrapping the grid's ``send`` and ``receive``:
 - ``first_reply`` / ``last_reply``: the first and the last reply reached the ServerApp;
 - ``end``: the aggregate is computed (the centralized-evaluate hook of this round).
 
-Also ``frame_bytes_sent``: the sum over instructions of the serialized frame sizes.
+Also ``frame_bytes_sent``: the sum over instructions of the serialized frame sizes;
+``checkpoint_start`` / ``checkpoint_end``: the previous round's checkpoint call (it falls
+in this round's time); ``arrival_order`` / ``arrival_times``: the sending position of
+each reply as the grid yielded it, and when (replies are added in sending order, so
+the order they arrive in decides how much adding is left after the last one).
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ class PhaseClock:
         self.current: dict[str, Any] = {}
         self._send = grid.send
         self._receive = grid.receive
+        self._save_checkpoint = grid.save_checkpoint
         grid.send = self.send  # type: ignore[method-assign]
         grid.receive = self.receive  # type: ignore[method-assign]
+        grid.save_checkpoint = self.save_checkpoint  # type: ignore[method-assign]
 
     def send(self, messages: Iterable[Message]) -> list[str]:
         """Time the upload of all instructions (and count their frame bytes)."""
@@ -56,10 +62,20 @@ class PhaseClock:
         self.current["sent"] = time.time()
         return ids
 
+    def save_checkpoint(self, server_round: int, state: Any) -> None:
+        """Time the previous round's checkpoint (it falls in the next round's time)."""
+        self.current["checkpoint_start"] = time.time()
+        self._save_checkpoint(server_round, state)
+        self.current["checkpoint_end"] = time.time()
+
     def receive(self, message_ids: Sequence[str], *, timeout: float) -> Iterator[Message]:
         """Timestamp the first and the last reply as the grid yields them."""
+        position = {message_id: index for index, message_id in enumerate(message_ids)}
+        arrivals = self.current.setdefault("arrival_order", [])
         for reply in self._receive(message_ids, timeout=timeout):
             now = time.time()
+            arrivals.append(position.get(reply.metadata.reply_to_message_id, -1))
+            self.current.setdefault("arrival_times", []).append(now)
             self.current.setdefault("first_reply", now)
             self.current["last_reply"] = now
             yield reply
