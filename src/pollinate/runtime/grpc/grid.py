@@ -240,14 +240,19 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
+#: Frames at least this large are written around the page cache; a smaller one is
+#: cheaper to leave in the cache, where the server reads it right away.
+_DIRECT_MIN_BYTES = 1024 * 1024
+
+
 def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
-    """Write a frame to a new file around the page cache (the server reads it back
-    once, or never); returns its SHA-256 (hex). ``sync``: fsync it before returning."""
+    """Write a frame to a new file, a large one around the page cache (the server reads
+    it back once, or never); returns its SHA-256 (hex). ``sync``: fsync it first."""
     digest = hashlib.sha256()
-    file = DirectFile(path)
+    views = [memoryview(segment).cast("B") for segment in segments]
+    file = DirectFile(path, direct=sum(len(view) for view in views) >= _DIRECT_MIN_BYTES)
     try:
-        for segment in segments:
-            view = memoryview(segment).cast("B")
+        for view in views:
             if sync:
                 digest.update(view)
             file.write(view)

@@ -73,6 +73,9 @@ log = logging.getLogger("pollinate.server")
 _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
 _INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
 _CONCURRENT_SENDS = 3  # transfers to nodes at once (see Coordinator.sending)
+#: Broadcasts at least this large are sent in sending order (smaller ones take no time
+#: to send, and waiting for a node's stream to wake would cost more than it saves).
+_ORDERED_SEND_BYTES = 1024 * 1024
 _SEND_SLOT_WAIT = 2.0  # seconds a transfer waits for a slot before going anyway
 _CACHED_CONTENTS = 1  # the content being sent (re-hashing another costs ~2 ms per 40 MB)
 
@@ -525,9 +528,14 @@ class GridIoServicer:
         self._queued([metadata])
         return pb.SendResponse(message_id=metadata.message_id)
 
-    def _queued(self, metadatas: list[Metadata]) -> None:
-        """Wake the destination nodes; fail at once what went to nodes known to be gone."""
-        self.c.sending.expect(m.message_id for m in metadatas)
+    def _queued(self, metadatas: list[Metadata], *, in_order: bool = False) -> None:
+        """Wake the destination nodes; fail at once what went to nodes known to be gone.
+
+        ``in_order``: send them in this order (a large broadcast: its replies are added
+        in sending order, see SendSlots); small ones go as their streams ask.
+        """
+        if in_order:
+            self.c.sending.expect(m.message_id for m in metadatas)
         for metadata in metadatas:
             node = self.c.store.node(metadata.dst_node_id)
             if node is None:
@@ -613,7 +621,7 @@ class GridIoServicer:
             self.c.store.add_broadcast(metadatas, staged)
         except PollinateError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self._queued(metadatas)
+        self._queued(metadatas, in_order=staged.size >= _ORDERED_SEND_BYTES)
         return pb.SendBroadcastResponse(message_ids=[m.message_id for m in metadatas])
 
     def _arrivals(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Iterator[Any]:
