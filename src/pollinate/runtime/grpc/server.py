@@ -72,7 +72,7 @@ log = logging.getLogger("pollinate.server")
 
 _WAIT_SLICE = 2.0  # seconds a stream waits before re-checking its client and state
 _INSTRUCTIONS = "instructions"  # the ConfigRecord of a broadcast's metadata listing
-_CONCURRENT_SENDS = 3  # transfers to nodes at once (see Coordinator.sending)
+_CONCURRENT_SENDS = 2  # transfers to nodes at once (see Coordinator.sending)
 #: Broadcasts at least this large are sent in sending order (smaller ones take no time
 #: to send, and waiting for a node's stream to wake would cost more than it saves).
 _ORDERED_SEND_BYTES = 1024 * 1024
