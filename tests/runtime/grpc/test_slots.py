@@ -64,3 +64,12 @@ def test_a_full_set_of_slots_times_out_and_the_waiter_leaves_the_line() -> None:
 def test_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="slots must be >= 1"):
         SendSlots(0)
+
+
+def test_many_instructions_whose_streams_never_ask_cost_one_grace_period_not_one_each() -> None:
+    slots = SendSlots(1, grace=0.2)
+    slots.expect([f"gone{i}" for i in range(50)] + ["present"])
+    time.sleep(0.25)  # every instruction ahead is past its grace
+
+    # Granted within the timeout: one grace each would have taken 50 x 0.2 = 10 s.
+    assert slots.acquire("present", timeout=5)

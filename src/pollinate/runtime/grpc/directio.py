@@ -26,7 +26,12 @@ import threading
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DirectFile", "read_file"]
+__all__ = ["DIRECT_MIN_BYTES", "DirectFile", "read_file"]
+
+#: Files smaller than this are written through the page cache: for them the device's
+#: latency, paid on every write, costs more than the fresh cache pages (a 1M-parameter
+#: round, 4 MB per reply, took 0.30 s direct against 0.27 s cached).
+DIRECT_MIN_BYTES: Final = 16 * 1024 * 1024
 
 #: Alignment of memory, offsets and lengths: the largest logical block size in use.
 _BLOCK: Final = 4096

@@ -20,7 +20,7 @@ from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
-from pollinate.runtime.grpc.directio import DirectFile, read_file
+from pollinate.runtime.grpc.directio import DIRECT_MIN_BYTES, DirectFile, read_file
 from pollinate.runtime.grpc.wire import Chunk, grid_io_stub
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
@@ -240,17 +240,12 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
-#: Frames at least this large are written around the page cache; a smaller one is
-#: cheaper to leave in the cache, where the server reads it right away.
-_DIRECT_MIN_BYTES = 1024 * 1024
-
-
 def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
     """Write a frame to a new file, a large one around the page cache (the server reads
     it back once, or never); returns its SHA-256 (hex). ``sync``: fsync it first."""
     digest = hashlib.sha256()
     views = [memoryview(segment).cast("B") for segment in segments]
-    file = DirectFile(path, direct=sum(len(view) for view in views) >= _DIRECT_MIN_BYTES)
+    file = DirectFile(path, direct=sum(len(view) for view in views) >= DIRECT_MIN_BYTES)
     try:
         for view in views:
             if sync:
@@ -278,7 +273,7 @@ def _local_frames(
         is_next = bool(expected) and expected[0] == reply_to
         with contextlib.suppress(ValueError):
             expected.remove(reply_to)
-        if is_next and location.path:
+        if is_next and location.path and location.size >= DIRECT_MIN_BYTES:
             yield reply_to, _read_reply(location.path, location.size)
         else:
             yield reply_to, _reply_frame(location)

@@ -20,10 +20,11 @@ class SendSlots:
     after the last arrived, alone on one core. Served in sending order, replies come
     back nearly in it and each is added while later ones are still on the wire.
 
-    An instruction whose stream does not ask within ``grace`` seconds of reaching the
-    head of the line (its node is slow or gone) loses its place, so one node never
-    holds back the others; one that :meth:`expect` was not told about (for example
-    after a restart) goes when a slot is free.
+    An instruction whose stream has not asked ``grace`` seconds after it was queued
+    (its node is busy, slow or gone) loses its place once it is first in line, so one
+    node never holds back the others, and any number of such instructions cost the
+    others one grace period at most; one that :meth:`expect` was not told about (for
+    example after a restart) goes when a slot is free.
 
     Examples
     --------
@@ -41,16 +42,16 @@ class SendSlots:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self._free = slots
         self._grace = grace
-        self._line: dict[str, None] = {}  # expected ids not yet granted, in order
+        self._line: dict[str, float] = {}  # expected ids not yet granted -> queued at
         self._waiting: set[str] = set()
-        self._head_since: tuple[str, float] | None = None
         self._condition = threading.Condition()
 
     def expect(self, message_ids: Iterable[str]) -> None:
         """Queue instructions in the order they should be sent."""
         with self._condition:
+            now = time.monotonic()
             for message_id in message_ids:
-                self._line.setdefault(message_id, None)
+                self._line.setdefault(message_id, now)
             self._condition.notify_all()
 
     def acquire(self, message_id: str, *, timeout: float) -> bool:
@@ -66,9 +67,10 @@ class SendSlots:
                         self._line.pop(message_id, None)
                         return False
                     wait = remaining
-                    if self._head_since is not None:
-                        head_deadline = self._head_since[1] + self._grace - time.monotonic()
-                        wait = min(wait, max(head_deadline, 0.001))
+                    if self._line:  # until the head's grace ends, at most
+                        head_queued = next(iter(self._line.values()))
+                        grace_left = head_queued + self._grace - time.monotonic()
+                        wait = min(wait, max(grace_left, 0.001))
                     self._condition.wait(wait)
                 self._line.pop(message_id, None)
                 self._free -= 1
@@ -91,15 +93,10 @@ class SendSlots:
             return True
         now = time.monotonic()
         while self._line:
-            head = next(iter(self._line))  # insertion order is sending order
+            head, queued_at = next(iter(self._line.items()))  # insertion = sending order
             if head == message_id:
                 return True
-            if head in self._waiting:
-                return False  # it is asking: it goes first
-            if self._head_since is None or self._head_since[0] != head:
-                self._head_since = (head, now)
-            if now - self._head_since[1] < self._grace:
-                return False
+            if head in self._waiting or now - queued_at < self._grace:
+                return False  # it goes first: it is asking, or may still ask
             del self._line[head]  # absent past its grace: it loses its place
-            self._head_since = None
         return True

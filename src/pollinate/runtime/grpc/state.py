@@ -92,7 +92,7 @@ from pollinate.errors import (
     TimeoutError,
 )
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
-from pollinate.runtime.grpc.directio import DirectFile
+from pollinate.runtime.grpc.directio import DIRECT_MIN_BYTES, DirectFile
 from pollinate.serde import Segment, message_to_segments
 
 if sys.platform != "win32":
@@ -396,6 +396,7 @@ class StagedFile:
         self._writable = writable
         self._memory_limit = memory_limit
         self._memory: bytearray | None = bytearray() if writable and memory_limit > 0 else None
+        self._direct = True
         self._file: DirectFile | None = None
         if writable and self._memory is None:
             self._file = DirectFile(path)
@@ -404,6 +405,14 @@ class StagedFile:
     def in_memory(self) -> bool:
         """Whether every byte is still in memory (no file was created)."""
         return self._memory is not None
+
+    def expect(self, total_size: int) -> None:
+        """Say how large the blob will be (before writing): one smaller than
+        :data:`~pollinate.runtime.grpc.directio.DIRECT_MIN_BYTES` goes through the page
+        cache."""
+        self._direct = total_size >= DIRECT_MIN_BYTES
+        if not self._direct and self._file is not None and self.size == 0:
+            self._file.flush()  # nothing written yet: from now on through the cache
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (a checked chunk)."""
@@ -414,7 +423,7 @@ class StagedFile:
                 self._memory += data
                 self._written(data)
                 return
-            self._file = DirectFile(self.path)
+            self._file = DirectFile(self.path, direct=self._direct)
             self._file.write(self._memory)
             self._memory = None
         assert self._file is not None
