@@ -690,6 +690,8 @@ class GridIoServicer:
                     context, grpc.StatusCode.INVALID_ARGUMENT, "a checkpoint file needs its sha256"
                 )
             self.c.store.save_checkpoint(run_id, request.server_round, staged)
+        except PollinateError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             staged.discard()
         return pb.SendResponse(message_id=f"checkpoint-{request.server_round}")
