@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -108,8 +109,11 @@ class Coordinator:
     def __init__(self, settings: ServerSettings, store: StateStore) -> None:
         self.settings = settings
         self.store = store
-        #: Submitted apps, unpacked once each (see pollinate.runtime.grpc.apps).
+        #: Submitted apps, unpacked once each (see pollinate.runtime.grpc.apps), kept
+        #: while a pending or running run needs them (see prune_apps).
         self.apps_dir = store.path.parent / (store.path.name + ".apps")
+        #: Held from unpacking an app until its run exists, and while pruning.
+        self.apps_lock = threading.Lock()
         self.changed = threading.Condition()
         self.generation = 0
         self._tokens: dict[str, int] = {}
@@ -229,6 +233,7 @@ class Coordinator:
         else:
             self.store.set_run_status(run_id, "failed", f"the ServerApp exited with code {code}")
         self.notify()
+        self.prune_apps()
 
     def stop_run(self, run_id: int) -> bool:
         with self._lock:
@@ -242,6 +247,26 @@ class Coordinator:
     def run_of_token(self, token: str | None) -> int | None:
         with self._lock:
             return self._tokens.get(token or "")
+
+    def prune_apps(self) -> list[Path]:
+        """Delete the unpacked apps that no pending or running run needs (and what a
+        crash left half unpacked); returns what was deleted. A finished run's app is
+        not needed again: a new run sends its app anew."""
+        if not self.apps_dir.is_dir():
+            return []
+        with self.apps_lock:
+            needed = {
+                Path(run.app_dir).resolve()
+                for run in self.store.runs()
+                if run.status in ("pending", "running")
+            }
+            # Unpacking happens under the same lock: a ".unpacking-*" left now is a crash's.
+            doomed = [e for e in self.apps_dir.iterdir() if e.resolve() not in needed]
+            for entry in doomed:
+                shutil.rmtree(entry, ignore_errors=True)
+        if doomed:
+            log.info("removed %d app(s) no run needs", len(doomed))
+        return doomed
 
     def resume_runs(self) -> None:
         """Restart the ServerApp of every run that was running when the server stopped."""
@@ -741,13 +766,14 @@ class ControlServicer(rpc.ControlServicer):
             config = json.loads(request.config_json or "{}")
         except json.JSONDecodeError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"config is not JSON: {exc}")
-        app_dir = self._app_dir(request, context)
-        run_id = self.c.store.create_run(
-            app_name=request.app_name,
-            app_version=request.app_version,
-            app_dir=str(app_dir),
-            config=config,
-        )
+        with self.c.apps_lock:  # the unpacked app is needed from now on
+            app_dir = self._app_dir(request, context)
+            run_id = self.c.store.create_run(
+                app_name=request.app_name,
+                app_version=request.app_version,
+                app_dir=str(app_dir),
+                config=config,
+            )
         self.c.start_run(run_id)
         return pb.SubmitRunResponse(run_id=run_id)
 
@@ -850,6 +876,7 @@ def serve(
         settings.state,
     )
     coordinator.resume_runs()
+    coordinator.prune_apps()
     if ready is not None:
         ready.set()
     try:
