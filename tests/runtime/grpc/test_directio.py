@@ -1,4 +1,4 @@
-"""DirectFile and read_file: bytes around the page cache, the same bytes as a plain file."""
+"""DirectFile: bytes around the page cache, the same bytes as a plain file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pollinate.runtime.grpc import directio
-from pollinate.runtime.grpc.directio import DirectFile, read_file
+from pollinate.runtime.grpc.directio import DirectFile
 
 SIZES = [0, 1, 4095, 4096, 4097, 1024 * 1024, 1024 * 1024 + 1, 3 * 1024 * 1024 + 123]
 
@@ -38,7 +38,6 @@ def test_what_is_written_whole_or_in_pieces_is_what_the_file_holds(
 
     assert (tmp_path / "whole").read_bytes() == data
     assert (tmp_path / "pieces").read_bytes() == data
-    assert bytes(read_file(tmp_path / "whole", size)) == data
 
 
 def test_o_direct_is_asked_for_where_the_platform_has_it(
@@ -53,7 +52,6 @@ def test_o_direct_is_asked_for_where_the_platform_has_it(
 
     monkeypatch.setattr(os, "open", spy)
     DirectFile(tmp_path / "f").close()
-    read_file(tmp_path / "f", 0)
     if hasattr(os, "O_DIRECT"):
         assert all(flags & os.O_DIRECT for flags in flags_seen)
     assert DirectFile(tmp_path / "buffered", direct=False).direct is False
@@ -78,7 +76,6 @@ def test_a_file_system_without_o_direct_gets_the_same_bytes_through_the_cache(
     file.close()
 
     assert (tmp_path / "f").read_bytes() == data
-    assert bytes(read_file(tmp_path / "f", len(data))) == data
 
 
 def test_flush_makes_the_bytes_so_far_visible_and_writing_can_go_on(tmp_path: Path) -> None:
@@ -108,11 +105,3 @@ def test_the_file_is_created_exclusively_and_an_abandoned_one_keeps_no_tail(
     file.write(b"never flushed")
     file.abandon()
     assert (tmp_path / "f").read_bytes() == b""
-
-
-def test_read_file_refuses_a_file_of_another_size(tmp_path: Path) -> None:
-    (tmp_path / "f").write_bytes(b"x" * 5000)
-    with pytest.raises(ValueError, match="has 5000 bytes, expected 6000"):
-        read_file(tmp_path / "f", 6000)
-    with pytest.raises(FileNotFoundError):
-        read_file(tmp_path / "missing", 1)

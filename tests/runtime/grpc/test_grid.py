@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 
 import pytest
 
 from pollinate.errors import ProtocolError, SerializationError
 from pollinate.records import Message, MetricRecord, RecordDict
-from pollinate.runtime.grpc import grid as grid_module
-from pollinate.runtime.grpc.grid import GrpcGrid, _local_frames, _reply_frame
+from pollinate.runtime.grpc.grid import GrpcGrid, _reply_frame
 from pollinate.serde import message_from_bytes, message_to_bytes
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
@@ -43,30 +41,6 @@ def test_a_reply_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
         _reply_frame(pb.ReplyLocation(reply_to_message_id="i", size=len(frame), frame=frame[:-8]))
     with pytest.raises(SerializationError, match="expected"):
         _reply_frame(pb.ReplyLocation(reply_to_message_id="i", size=len(frame), path=str(path)))
-
-
-def test_the_next_reply_in_sending_order_is_read_and_a_waiting_one_is_mapped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    frame = _frame()
-    small = pb.ReplyLocation(reply_to_message_id="a", size=len(frame), path=str(tmp_path / "a"))
-    (tmp_path / "a").write_bytes(frame)
-    [(_, view)] = _local_frames([small], ["a"])
-    assert isinstance(view.obj, mmap.mmap)  # small: left in the page cache, mapped
-    monkeypatch.setattr(grid_module, "DIRECT_MIN_BYTES", 0)  # as if the frame were large
-    locations = []
-    for name in ("second", "first", "third"):
-        (tmp_path / name).write_bytes(frame)
-        locations.append(
-            pb.ReplyLocation(reply_to_message_id=name, size=len(frame), path=str(tmp_path / name))
-        )
-
-    frames = dict(_local_frames(locations, ["first", "second", "third"]))
-
-    assert all(bytes(view) == frame for view in frames.values())
-    assert isinstance(frames["second"].obj, mmap.mmap)  # arrived before "first": waits
-    assert not isinstance(frames["first"].obj, mmap.mmap)  # read into memory
-    assert not isinstance(frames["third"].obj, mmap.mmap)  # next by the time it came
 
 
 def test_a_checkpoint_written_in_the_background_fails_the_next_call(tmp_path: Path) -> None:

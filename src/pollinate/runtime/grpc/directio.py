@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DIRECT_MIN_BYTES", "DirectFile", "read_file"]
+__all__ = ["DIRECT_MIN_BYTES", "DirectFile"]
 
 #: Files smaller than this are written through the page cache: for them the device's
 #: latency, paid on every write, costs more than the fresh cache pages (a 1M-parameter
@@ -207,47 +207,3 @@ def _write_all(fd: int, view: memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def read_file(path: Path, size: int) -> memoryview:
-    """The ``size`` bytes of the file at ``path``, read into memory of this process,
-    around the page cache where the system allows it.
-
-    Why: a file written with :class:`DirectFile` is not in the page cache; mapping it
-    fills fresh cache pages, and the first touch of each cost the reader a third of a
-    10M-parameter round's aggregation here. Read directly, the bytes land in the
-    reader's own (reused) heap memory.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be read.
-    ValueError
-        If the file does not hold exactly ``size`` bytes.
-    """
-    import numpy as np  # the runtime's dependency; kept local like the module's users
-
-    rounded = -(-size // _BLOCK) * _BLOCK
-    raw = np.empty(rounded + _BLOCK, np.uint8)
-    start = (-raw.ctypes.data) % _BLOCK
-    target = memoryview(raw[start : start + rounded])  # type: ignore[arg-type]
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags | _O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL or not _O_DIRECT:
-            raise
-        fd = os.open(path, flags)  # a file system without O_DIRECT
-    try:
-        actual = os.fstat(fd).st_size
-        if actual != size:
-            raise ValueError(f"{path} has {actual} bytes, expected {size}")
-        done = 0
-        while done < size:
-            count = os.preadv(fd, [target[done:]], done)
-            if count == 0:
-                raise ValueError(f"{path} ended after {done} of {size} bytes")
-            done += count
-    finally:
-        os.close(fd)
-    return target[:size]
