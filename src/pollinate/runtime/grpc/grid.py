@@ -130,7 +130,10 @@ class GrpcGrid(Grid):
         assert self._staging_dir is not None
         path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            _write_file(path, recorddict_to_segments(group[0].content))
+            # Through the page cache: the server reads it right away, once per node
+            # (10M steady rounds 1.81-2.45 s, median 1.98, against 1.92-2.39, median
+            # 2.03, written around the cache; six interleaved pairs).
+            _write_file(path, recorddict_to_segments(group[0].content), direct=False)
             request = pb.BroadcastFile(
                 path=str(path),
                 instructions_json=json.dumps([asdict(message.metadata) for message in group]),
@@ -239,12 +242,15 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
-def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
-    """Write a frame to a new file, a large one around the page cache (the server reads
-    it back once, or never); returns its SHA-256 (hex). ``sync``: fsync it first."""
+def _write_file(
+    path: Path, segments: Iterable[Any], *, sync: bool = False, direct: bool = True
+) -> str:
+    """Write a frame to a new file, a large one around the page cache if ``direct``
+    (nothing reads it soon: a checkpoint); returns its SHA-256 (hex) if ``sync``, after
+    an fsync."""
     digest = hashlib.sha256()
     views = [memoryview(segment).cast("B") for segment in segments]
-    file = DirectFile(path, direct=sum(len(view) for view in views) >= DIRECT_MIN_BYTES)
+    file = DirectFile(path, direct=direct and sum(len(view) for view in views) >= DIRECT_MIN_BYTES)
     try:
         for view in views:
             if sync:
