@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -24,7 +23,6 @@ from pollinate.errors import (
     SerializationError,
 )
 from pollinate.records import ArrayRecord, ErrorCode, Message, MetricRecord, RecordDict
-from pollinate.runtime.grpc.directio import DIRECT_MIN_BYTES
 from pollinate.runtime.grpc.state import SCHEMA_VERSION, StateStore
 from pollinate.serde import (
     message_from_bytes,
@@ -968,23 +966,6 @@ def test_an_adopted_checkpoint_keeps_its_writers_hash_and_a_wrong_one_is_caught(
     another.write_bytes(b"round three")
     with pytest.raises(ConfigError, match="not a SHA-256"):
         store.adopt(another, sha256="ABC")
-
-
-def test_a_blob_goes_around_the_page_cache_only_when_it_is_large(store: StateStore) -> None:
-    small, large = store.stage(), store.stage()
-    small.expect(1000)
-    large.expect(DIRECT_MIN_BYTES)
-    for staged in (small, large):
-        staged.write(b"abc" * 2000)
-        assert bytes(staged.map()) == b"abc" * 2000
-
-    assert small._file is not None and not small._file.direct
-    # map() flushed the large one's padded tail, which ends direct writing; until then:
-    fresh = store.stage()
-    fresh.expect(DIRECT_MIN_BYTES)
-    assert fresh._file is not None and fresh._file.direct == hasattr(os, "O_DIRECT")
-    for staged in (small, large, fresh):
-        staged.discard()
 
 
 def test_acknowledged_replies_are_committed_with_fsync_and_bookkeeping_without(

@@ -19,7 +19,6 @@ from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
-from pollinate.runtime.grpc.directio import DIRECT_MIN_BYTES, DirectFile
 from pollinate.runtime.grpc.wire import Chunk, grid_io_stub
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
@@ -130,10 +129,7 @@ class GrpcGrid(Grid):
         assert self._staging_dir is not None
         path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            # Through the page cache: the server reads it right away, once per node
-            # (10M steady rounds 1.81-2.45 s, median 1.98, against 1.92-2.39, median
-            # 2.03, written around the cache; six interleaved pairs).
-            _write_file(path, recorddict_to_segments(group[0].content), direct=False)
+            _write_file(path, recorddict_to_segments(group[0].content))
             request = pb.BroadcastFile(
                 path=str(path),
                 instructions_json=json.dumps([asdict(message.metadata) for message in group]),
@@ -242,25 +238,19 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
-def _write_file(
-    path: Path, segments: Iterable[Any], *, sync: bool = False, direct: bool = True
-) -> str:
-    """Write a frame to a new file, a large one around the page cache if ``direct``
-    (nothing reads it soon: a checkpoint); returns its SHA-256 (hex) if ``sync``, after
-    an fsync."""
+def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
+    """Write a frame to a new file; returns its SHA-256 (hex) if ``sync``, after an
+    fsync (a checkpoint must be durable before the server records it)."""
     digest = hashlib.sha256()
-    views = [memoryview(segment).cast("B") for segment in segments]
-    file = DirectFile(path, direct=direct and sum(len(view) for view in views) >= DIRECT_MIN_BYTES)
-    try:
-        for view in views:
+    with open(path, "xb") as file:
+        for segment in segments:
+            view = memoryview(segment).cast("B")
             if sync:
                 digest.update(view)
             file.write(view)
-        file.flush()
         if sync:
+            file.flush()
             os.fsync(file.fileno())
-    finally:
-        file.close()
     return digest.hexdigest()
 
 
@@ -287,10 +277,4 @@ def _map_file(path: str, size: int) -> memoryview:
         return memoryview(b"")
     if len(mapped) != size:
         raise SerializationError(f"reply file {path} has {len(mapped)} bytes, expected {size}")
-    if hasattr(mapped, "madvise"):
-        # A large reply was written around the page cache: start reading it in now,
-        # while the replies sent before it are awaited and added. (Reading the next
-        # reply into memory instead was no faster: 10M steady rounds 1.86-2.48 s against
-        # 1.90-2.11 s mapped, six interleaved pairs.)
-        mapped.madvise(mmap.MADV_WILLNEED)
     return memoryview(mapped)

@@ -333,8 +333,6 @@ def _receive_frame(
     assembler = ChunkAssembler(max_bytes=max_bytes, sink=None if staged is None else staged.write)
     try:
         for chunk in chunks:
-            if staged is not None and chunk.index == 0:
-                staged.expect(chunk.total_size)
             if assembler.add(chunk):
                 return assembler.frame() if staged is None else staged.map()
     except ProtocolError as exc:

@@ -27,9 +27,7 @@ Design notes:
   (:func:`pollinate.serde.message_parts_from_content`).
 - **Bytes straight to disk.** Receivers write into a :class:`StagedFile` (a file in
   ``tmp/``) as chunks arrive and hand it to the store, which renames it into place: no
-  frame is ever held whole in memory. The file is written around the page cache
-  (:class:`~pollinate.runtime.grpc.directio.DirectFile`): copying a round's replies
-  into fresh cache pages was the largest single cost of a 10M-parameter round.
+  frame is ever held whole in memory.
 - **Bounded disk.** Saving a run's checkpoint retires the bytes it no longer needs:
   the replies its ServerApp has consumed and the instructions that were answered. A
   resumed run starts from that checkpoint, so neither is read again; the rows stay
@@ -81,7 +79,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from pollinate.errors import (
     ConfigError,
@@ -92,7 +90,6 @@ from pollinate.errors import (
     TimeoutError,
 )
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
-from pollinate.runtime.grpc.directio import DIRECT_MIN_BYTES, DirectFile
 from pollinate.serde import Segment, message_to_segments
 
 if sys.platform != "win32":
@@ -396,23 +393,14 @@ class StagedFile:
         self._writable = writable
         self._memory_limit = memory_limit
         self._memory: bytearray | None = bytearray() if writable and memory_limit > 0 else None
-        self._direct = True
-        self._file: DirectFile | None = None
+        self._file: BinaryIO | None = None
         if writable and self._memory is None:
-            self._file = DirectFile(path)
+            self._file = open(path, "xb")  # noqa: SIM115 - closed in finish
 
     @property
     def in_memory(self) -> bool:
         """Whether every byte is still in memory (no file was created)."""
         return self._memory is not None
-
-    def expect(self, total_size: int) -> None:
-        """Say how large the blob will be (before writing): one smaller than
-        :data:`~pollinate.runtime.grpc.directio.DIRECT_MIN_BYTES` goes through the page
-        cache."""
-        self._direct = total_size >= DIRECT_MIN_BYTES
-        if not self._direct and self._file is not None and self.size == 0:
-            self._file.flush()  # nothing written yet: from now on through the cache
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (a checked chunk)."""
@@ -423,7 +411,7 @@ class StagedFile:
                 self._memory += data
                 self._written(data)
                 return
-            self._file = DirectFile(self.path, direct=self._direct)
+            self._file = open(self.path, "xb")  # noqa: SIM115 - closed in finish
             self._file.write(self._memory)
             self._memory = None
         assert self._file is not None
@@ -472,7 +460,7 @@ class StagedFile:
         self._writable = False
         self._memory = None
         if self._file is not None:
-            self._file.abandon()
+            self._file.close()
             self._file = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
