@@ -571,6 +571,42 @@ def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
     assert [p.metadata for p in store.pending_for_node(third)] == [elsewhere.metadata]
 
 
+def test_a_retired_reply_file_is_overwritten_by_a_later_reply(file_store: StateStore) -> None:
+    store = file_store
+    run_id, node = _run(store), _node(store)
+
+    def answer(size: int) -> Message:
+        instruction = _instruction(run_id, node)
+        _add(store, instruction)
+        reply = instruction.reply(
+            RecordDict({"arrays": ArrayRecord({"w": np.arange(size, dtype=np.float32)})})
+        )
+        assert store.add_reply(reply.metadata, message_to_segments(reply))
+        store.mark_reply_consumed(reply.metadata.message_id)
+        return reply
+
+    # Arrange: a large reply, consumed and retired by the round's checkpoint.
+    answer(100_000)
+    store.save_checkpoint(run_id, 1, recorddict_to_segments(_arrays(1.0)))
+    store.settle()
+    recycled = {p.stat().st_ino for p in (store.blob_dir / "recycled").iterdir()}
+    assert len(recycled) == 2  # the reply and its answered instruction
+
+    # Act: a smaller reply arrives.
+    small = answer(10)
+
+    # Assert: it went into a recycled file, cut to its own length, and reads back whole.
+    [row] = store.replies_for(run_id, [small.metadata.reply_to_message_id])
+    path = store.blob_dir / row.path
+    assert path.stat().st_ino in recycled
+    assert path.stat().st_size == row.size
+    stored = message_from_bytes(store.read_blob(row.path, verify=True))
+    assert stored.content["arrays"]["w"].tolist() == list(range(10))
+    # Closing the store deletes what is left in the pool.
+    store.close()
+    assert list((store.blob_dir / "recycled").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

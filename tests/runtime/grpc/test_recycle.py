@@ -1,0 +1,97 @@
+"""The pool of retired files kept for overwriting: what it takes, what it refuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pollinate.runtime.grpc.recycle import RecyclePool, unshared
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_an_offered_file_comes_back_under_the_new_name_open_at_its_start(tmp_path: Path) -> None:
+    pool = RecyclePool(tmp_path / "pool")
+    old = _file(tmp_path / "old.bin", b"x" * 10_000)
+
+    assert pool.offer(old)
+    assert not old.exists()
+    assert (len(pool), pool.size) == (1, 10_000)
+
+    new = tmp_path / "new.part"
+    file = pool.take(new)
+    assert file is not None
+    with file:
+        file.write(b"short")
+        file.truncate()
+    assert new.read_bytes() == b"short"
+    assert (len(pool), pool.size) == (0, 0)
+    assert pool.take(tmp_path / "another.part") is None
+
+
+def test_a_file_mapped_by_another_process_is_not_recycled(tmp_path: Path) -> None:
+    pool = RecyclePool(tmp_path / "pool")
+    path = _file(tmp_path / "reply.bin", b"\1" * 4096)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import mmap, os, sys\n"
+            f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+            "view = mmap.mmap(fd, 0, prot=mmap.PROT_READ)\n"
+            "os.close(fd)\n"  # only the mapping is left
+            "print('mapped', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "mapped"
+        assert not unshared(path)
+        assert not pool.offer(path)
+        assert path.read_bytes() == b"\1" * 4096 and len(pool) == 0
+    finally:
+        holder.communicate("", timeout=30)
+    assert unshared(path)  # unmapped with the process's exit
+    assert pool.offer(path)
+
+
+def test_a_file_open_in_this_process_is_not_recycled(tmp_path: Path) -> None:
+    pool = RecyclePool(tmp_path / "pool")
+    path = _file(tmp_path / "reply.bin", b"data")
+    with path.open("rb"):
+        assert not pool.offer(path)
+    assert path.exists()
+
+
+@pytest.mark.parametrize("cap", [0, 100])
+def test_the_pool_refuses_files_past_its_cap(tmp_path: Path, cap: int) -> None:
+    pool = RecyclePool(tmp_path / "pool", max_bytes=cap)
+    assert pool.offer(_file(tmp_path / "a", b"a" * 60)) is (cap == 100)
+    assert not pool.offer(_file(tmp_path / "b", b"b" * 60))
+    assert (tmp_path / "b").exists()
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    assert not RecyclePool(tmp_path / "pool").offer(tmp_path / "gone")
+
+
+def test_leftovers_are_deleted_at_start_and_clear_empties_the_pool(tmp_path: Path) -> None:
+    directory = tmp_path / "pool"
+    directory.mkdir()
+    _file(directory / "3.free", b"left by a crashed server")
+
+    pool = RecyclePool(directory)
+    assert list(directory.iterdir()) == [] and len(pool) == 0
+
+    pool.offer(_file(tmp_path / "a", b"a"))
+    pool.clear()
+    assert list(directory.iterdir()) == [] and len(pool) == 0
