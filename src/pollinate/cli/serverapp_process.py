@@ -82,6 +82,7 @@ def main() -> int:
         observer=observer,
         local_replies=os.environ.get("POLLINATE_LOCAL_REPLIES") == "1",
         staging_dir=os.environ.get("POLLINATE_STAGING_DIR") or None,
+        recycle_dir=os.environ.get("POLLINATE_RECYCLE_DIR") or None,
     )
     print(f"run {run_id}: {project.name} ServerApp started", flush=True)
     context = Context(

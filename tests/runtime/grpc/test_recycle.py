@@ -84,14 +84,18 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     assert not RecyclePool(tmp_path / "pool").offer(tmp_path / "gone")
 
 
-def test_leftovers_are_deleted_at_start_and_clear_empties_the_pool(tmp_path: Path) -> None:
-    directory = tmp_path / "pool"
-    directory.mkdir()
-    _file(directory / "3.free", b"left by a crashed server")
+def test_the_directory_is_the_pool_shared_by_whoever_opens_it(tmp_path: Path) -> None:
+    # The server offers; a run's ServerApp, with a pool of its own on the same
+    # directory, takes; a file taken by one is gone for the other.
+    server, serverapp = RecyclePool(tmp_path / "pool"), RecyclePool(tmp_path / "pool")
+    assert server.offer(_file(tmp_path / "older", b"o" * 10))
+    assert server.offer(_file(tmp_path / "newer", b"n" * 20))
 
-    pool = RecyclePool(directory)
-    assert list(directory.iterdir()) == [] and len(pool) == 0
+    taken = serverapp.take(tmp_path / "checkpoint.upload")
+    assert taken is not None
+    taken.close()
+    assert (tmp_path / "checkpoint.upload").read_bytes() == b"n" * 20  # newest first
+    assert (len(server), server.size) == (1, 10)
 
-    pool.offer(_file(tmp_path / "a", b"a"))
-    pool.clear()
-    assert list(directory.iterdir()) == [] and len(pool) == 0
+    server.clear()
+    assert list((tmp_path / "pool").iterdir()) == [] and serverapp.take(tmp_path / "x") is None

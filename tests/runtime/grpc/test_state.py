@@ -630,12 +630,14 @@ def test_checkpoints_keep_the_newest_three(store: StateStore) -> None:
     assert latest is not None
     assert (latest.server_round, latest.meta) == (4, {})
     assert recorddict_from_bytes(latest.data)["arrays"]["w"].tolist() == [40.0] * 4
+    store.settle()  # older files go on the reaper's thread
     assert len(_files(store, "checkpoints")) == 3
     assert store.latest_checkpoint(_run(store)) is None
     with pytest.raises(ConfigError, match="meta"):
         store.save_checkpoint(run_id, 5, [b"x"], meta={"bad": None})  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match="server_round"):
         store.save_checkpoint(run_id, -1, [b"x"])
+    store.settle()
     assert len(_files(store, "checkpoints")) == 3
 
 

@@ -19,6 +19,7 @@ from pollinate.errors import NodeUnavailableError, SerializationError
 from pollinate.records import ConfigRecord, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, RUN_TOKEN_KEY, translate_rpc_error
 from pollinate.runtime.grpc.chunks import iter_chunks, read_frames
+from pollinate.runtime.grpc.recycle import RecyclePool
 from pollinate.runtime.grpc.wire import Chunk, grid_io_stub
 from pollinate.sampling import NodeInfo
 from pollinate.serde import (
@@ -50,6 +51,7 @@ class GrpcGrid(Grid):
         max_frame_bytes: int = 8 * 1024**3,
         local_replies: bool = False,
         staging_dir: str | Path | None = None,
+        recycle_dir: str | Path | None = None,
     ) -> None:
         super().__init__(run_id=run_id, observer=observer)
         if credentials is not None:
@@ -63,6 +65,8 @@ class GrpcGrid(Grid):
         self._local_replies = local_replies
         #: On the server's machine: write contents there rather than upload them.
         self._staging_dir = None if staging_dir is None else Path(staging_dir)
+        #: Retired files of the server's to overwrite rather than create new ones.
+        self._recycled = None if recycle_dir is None else RecyclePool(Path(recycle_dir))
         #: A checkpoint being written on a thread of its own (on the server's machine).
         self._checkpointer: ThreadPoolExecutor | None = None
         self._checkpoint: Future[None] | None = None
@@ -129,7 +133,7 @@ class GrpcGrid(Grid):
         assert self._staging_dir is not None
         path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            _write_file(path, recorddict_to_segments(group[0].content))
+            _write_file(path, recorddict_to_segments(group[0].content), reuse=self._recycled)
             request = pb.BroadcastFile(
                 path=str(path),
                 instructions_json=json.dumps([asdict(message.metadata) for message in group]),
@@ -208,7 +212,7 @@ class GrpcGrid(Grid):
         assert self._staging_dir is not None
         path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            digest = _write_file(path, [frame], sync=True)
+            digest = _write_file(path, [frame], sync=True, reuse=self._recycled)
             request = pb.CheckpointFile(path=str(path), server_round=server_round, sha256=digest)
             self._call("saving a checkpoint", self._stub.SaveCheckpointLocal, request)
         finally:
@@ -238,16 +242,21 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
-def _write_file(path: Path, segments: Iterable[Any], *, sync: bool = False) -> str:
-    """Write a frame to a new file; returns its SHA-256 (hex) if ``sync``, after an
-    fsync (a checkpoint must be durable before the server records it)."""
+def _write_file(
+    path: Path, segments: Iterable[Any], *, sync: bool = False, reuse: RecyclePool | None = None
+) -> str:
+    """Write a frame to a new file (or one taken from ``reuse``); returns its SHA-256
+    (hex) if ``sync``, after an fsync (a checkpoint must be durable before the server
+    records it)."""
     digest = hashlib.sha256()
-    with open(path, "xb") as file:
+    reused = reuse.take(path) if reuse is not None else None
+    with reused or open(path, "xb") as file:
         for segment in segments:
             view = memoryview(segment).cast("B")
             if sync:
                 digest.update(view)
             file.write(view)
+        file.truncate()  # a recycled file is longer than what was written
         if sync:
             file.flush()
             os.fsync(file.fileno())

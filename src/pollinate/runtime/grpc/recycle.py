@@ -24,6 +24,8 @@ import errno
 import logging
 import os
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Default cap on the bytes of retired files kept for reuse: about two rounds of ten
 #: 40 MB replies. The disk holds this much more than the live blobs at most.
 RECYCLE_BYTES: Final = 1 << 30
+
+_SUFFIX: Final = ".free"
 
 
 def unshared(path: Path) -> bool:
@@ -69,31 +73,39 @@ def unshared(path: Path) -> bool:
 class RecyclePool:
     """Retired files in ``directory``, at most ``max_bytes`` of them, newest reused first.
 
-    Thread-safe. The directory is emptied when the pool is created: what a previous
-    process left there is unreferenced scratch.
+    The directory is the pool: several processes may take from it (the server, and a
+    run's ServerApp writing its broadcasts and checkpoints next to it), since a file is
+    taken by renaming it out, which only one of them can do. Thread-safe.
     """
 
     def __init__(self, directory: Path, *, max_bytes: int = RECYCLE_BYTES) -> None:
         self._directory = directory
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._files: list[tuple[Path, int]] = []
-        self._bytes = 0
-        self._counter = 0
         directory.mkdir(parents=True, exist_ok=True)
-        for entry in directory.iterdir():
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                entry.unlink()
+
+    def _entries(self) -> list[tuple[str, int]]:
+        """(name, size) of the pooled files, newest first."""
+        entries = []
+        with os.scandir(self._directory) as scan:
+            for entry in scan:
+                if entry.name.endswith(_SUFFIX):
+                    with contextlib.suppress(OSError):  # taken meanwhile
+                        entries.append((entry.name, entry.stat().st_size))
+        return sorted(entries, reverse=True)
+
+    @property
+    def directory(self) -> Path:
+        """Where the pooled files are."""
+        return self._directory
 
     @property
     def size(self) -> int:
         """Bytes of files in the pool."""
-        with self._lock:
-            return self._bytes
+        return sum(size for _, size in self._entries())
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._files)
+        return len(self._entries())
 
     def offer(self, path: Path) -> bool:
         """Move ``path`` into the pool if it fits and nobody else has it open or mapped.
@@ -106,50 +118,41 @@ class RecyclePool:
             size = path.stat().st_size
         except OSError:
             return False
-        with self._lock:
-            if self._bytes + size > self._max_bytes:
+        with self._lock:  # one offer at a time keeps the pool within its cap
+            if self.size + size > self._max_bytes or not unshared(path):
                 return False
-            self._counter += 1
-            target = self._directory / f"{self._counter}.free"
-            # Checked and moved under the lock: nobody takes a half-offered file.
-            if not unshared(path):
-                return False
+            # Names sort by age, so take() reuses the file most likely still cached.
+            target = self._directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
             try:
                 os.replace(path, target)
             except OSError:
                 return False
-            self._files.append((target, size))
-            self._bytes += size
             return True
 
     def take(self, path: Path) -> BinaryIO | None:
         """A pooled file renamed to ``path`` and open for overwriting from its start, or
         None when the pool is empty. Whoever writes it must truncate it to the bytes
         written (a reused file keeps its old length until then)."""
-        while True:
-            with self._lock:
-                if not self._files:
-                    return None
-                source, size = self._files.pop()
-                self._bytes -= size
+        for name, _ in self._entries():
             try:
-                os.replace(source, path)
+                os.replace(self._directory / name, path)
+            except FileNotFoundError:
+                continue  # another thread or process took it first
             except OSError as error:
-                log.debug("recycled file %s unusable (%s); trying the next", source, error)
-                with contextlib.suppress(OSError):
-                    source.unlink()
-                continue
+                log.debug("recycled file %s unusable (%s)", name, error)
+                return None
             try:
                 return open(path, "r+b")
             except OSError as error:
-                log.debug("recycled file %s unusable (%s); trying the next", path, error)
+                log.debug("recycled file %s unusable (%s)", path, error)
                 with contextlib.suppress(OSError):
                     path.unlink()
+                return None
+        return None
 
     def clear(self) -> None:
-        """Delete every pooled file."""
-        with self._lock:
-            files, self._files, self._bytes = self._files, [], 0
-        for path, _ in files:
+        """Delete every pooled file (the owner of the state does this at open and close:
+        what a previous process left there is unreferenced scratch)."""
+        for name, _ in self._entries():
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                (self._directory / name).unlink()

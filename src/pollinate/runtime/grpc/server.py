@@ -196,9 +196,11 @@ class Coordinator:
             # receiving them, and writes contents where the server takes them over.
             env["POLLINATE_LOCAL_REPLIES"] = "1"
             env["POLLINATE_STAGING_DIR"] = str(self.store.staging_dir)
+            env["POLLINATE_RECYCLE_DIR"] = str(self.store.recycle_dir)
         else:
             env.pop("POLLINATE_LOCAL_REPLIES", None)
             env.pop("POLLINATE_STAGING_DIR", None)
+            env.pop("POLLINATE_RECYCLE_DIR", None)
         with self._lock:
             self._tokens[token] = run_id
             process = subprocess.Popen(

@@ -533,8 +533,8 @@ class StateStore:
         try:
             for sub in (*_KINDS, "tmp"):
                 (self._blob_dir / sub).mkdir(parents=True, exist_ok=True)
-            # Created under the state's lock: it empties its directory.
             self._pool = RecyclePool(self._blob_dir / "recycled", max_bytes=recycle_bytes)
+            self._pool.clear()  # under the state's lock: nobody else uses it
             self._reaper = _Reaper(recycle=self._pool.offer)
             self._conn: sqlite3.Connection | None = self._connect()
             try:
@@ -771,6 +771,12 @@ class StateStore:
             memory_limit=self._inline_reply_bytes if reply else 0,
             reuse=self._pool.take,
         )
+
+    @property
+    def recycle_dir(self) -> Path:
+        """Retired files that a process on this machine may take to write a file for
+        :meth:`adopt` (:class:`~pollinate.runtime.grpc.recycle.RecyclePool`)."""
+        return self._pool.directory
 
     @property
     def staging_dir(self) -> Path:
@@ -1703,8 +1709,8 @@ class StateStore:
         finally:
             if not committed:
                 self._discard_blob_files([blob.rel])
-        self._discard_blob_files(dropped)
-        self._reaper.delete([self._abs(rel) for rel in retired if not _is_inline(rel)])
+        files = [self._abs(rel) for rel in (*dropped, *retired) if not _is_inline(rel)]
+        self._reaper.delete(files)
 
     def _retire_messages(self, conn: sqlite3.Connection, run_id: int) -> list[str]:
         """Point a run's consumed replies and answered instructions at the ``retired``
