@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import tracemalloc
 from collections.abc import Callable, Iterator
 
@@ -179,9 +180,22 @@ def test_a_size_above_the_limit_is_refused_before_allocating() -> None:
     assert ChunkAssembler(max_bytes=3).add(_chunk(b"abc"))  # exactly the limit is fine
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def test_memory_follows_the_bytes_received_not_the_bytes_announced() -> None:
     assembler = ChunkAssembler(max_bytes=1 << 31)
-    assert _peak_bytes(lambda: assembler.add(_chunk(b"abc", total=256 * MiB, last=False))) < MiB
+    before = _resident_bytes()
+    assembler.add(_chunk(b"abc", total=1 << 30, last=False))
+    assert _resident_bytes() - before < 16 * MiB  # of the 1 GiB announced
+
+
+def test_an_announced_size_that_cannot_be_allocated_is_a_protocol_error() -> None:
+    assembler = ChunkAssembler(max_bytes=1 << 62)
+    with pytest.raises(ProtocolError, match="more than this machine can allocate"):
+        assembler.add(_chunk(b"abc", total=1 << 61, last=False))
 
 
 # ------------------------------------------------------------------------ what a peer gets wrong
