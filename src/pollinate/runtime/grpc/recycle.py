@@ -27,14 +27,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Literal
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: nothing is recycled
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RECYCLE_BYTES", "RecyclePool", "unshared"]
+__all__ = ["RECYCLE_BYTES", "Offer", "RecyclePool", "unshared"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 RECYCLE_BYTES: Final = 1 << 30
 
 _SUFFIX: Final = ".free"
+
+#: What became of a file offered to the pool (see :meth:`RecyclePool.offer`).
+Offer = Literal["taken", "busy", "refused"]
 
 
 def unshared(path: Path) -> bool:
@@ -107,27 +110,31 @@ class RecyclePool:
     def __len__(self) -> int:
         return len(self._entries())
 
-    def offer(self, path: Path) -> bool:
+    def offer(self, path: Path) -> Offer:
         """Move ``path`` into the pool if it fits and nobody else has it open or mapped.
 
-        Returns whether it was taken; if not, the caller deletes it as before.
+        Returns ``"taken"``; ``"busy"`` if somebody has it open or mapped (it may be
+        offered again later); ``"refused"`` if it cannot be recycled (the pool is full
+        or disabled, the file is gone): the caller then deletes it as before.
         """
         if self._max_bytes <= 0:
-            return False
+            return "refused"
         try:
             size = path.stat().st_size
         except OSError:
-            return False
+            return "refused"
         with self._lock:  # one offer at a time keeps the pool within its cap
-            if self.size + size > self._max_bytes or not unshared(path):
-                return False
+            if self.size + size > self._max_bytes:
+                return "refused"
+            if not unshared(path):
+                return "busy" if path.exists() else "refused"
             # Names sort by age, so take() reuses the file most likely still cached.
             target = self._directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
             try:
                 os.replace(path, target)
             except OSError:
-                return False
-            return True
+                return "refused"
+            return "taken"
 
     def take(self, path: Path) -> BinaryIO | None:
         """A pooled file renamed to ``path`` and open for overwriting from its start, or

@@ -93,7 +93,7 @@ from pollinate.errors import (
     TimeoutError,
 )
 from pollinate.records import Error, ErrorCode, Message, Metadata, RecordDict
-from pollinate.runtime.grpc.recycle import RECYCLE_BYTES, RecyclePool
+from pollinate.runtime.grpc.recycle import RECYCLE_BYTES, Offer, RecyclePool
 from pollinate.serde import Segment, message_to_segments
 
 if sys.platform != "win32":
@@ -337,10 +337,15 @@ class _Reaper:
     """Deletes files on a thread of its own: unlinking a round's ten 40 MB replies took
     over 100 ms here, which a checkpoint (and so the next round) need not wait for. A
     file the reaper did not get to before a crash has no row, and the next open sweeps
-    it. With ``recycle``, a file that function takes is kept instead of deleted."""
+    it. With ``recycle``, a file that function takes is kept instead of deleted; one it
+    finds busy (still mapped: the server keeps the content it last sent mapped until
+    the next one) is offered again with the next files, up to :attr:`RETRIES` times."""
 
-    def __init__(self, recycle: Callable[[Path], bool] | None = None) -> None:
+    RETRIES: Final = 3
+
+    def __init__(self, recycle: Callable[[Path], Offer] | None = None) -> None:
         self._recycle = recycle
+        self._busy: dict[Path, int] = {}  # reaper thread only
         self._queue: queue.SimpleQueue[list[Path] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -356,14 +361,25 @@ class _Reaper:
 
     def _run(self) -> None:
         while (paths := self._queue.get()) is not None:
-            for path in paths:
-                if self._recycle is not None and self._recycle(path):
+            retries, self._busy = self._busy, {}
+            for path in [*retries, *paths]:
+                offer = self._recycle(path) if self._recycle is not None else "refused"
+                if offer == "taken":
+                    continue
+                tries = retries.get(path, 0) + 1
+                if offer == "busy" and tries < self.RETRIES:
+                    self._busy[path] = tries
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+        busy, self._busy = self._busy, {}
+        for path in busy:  # closing: no later pass to retry them in
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish the deletions asked for so far (waiting at most ``timeout`` seconds)."""
+        """Finish the deletions asked for so far (waiting at most ``timeout`` seconds);
+        files still busy are deleted rather than kept for a later offer."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
