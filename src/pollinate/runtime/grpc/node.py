@@ -146,7 +146,12 @@ class NodeAgent:
         stopper.start()
         try:
             for message, run_info in self._instructions(deliveries):
-                self._push(stub, self._handle(message, run_info))
+                reply = self._handle(message, run_info)
+                # Freed now, not when the next instruction replaces them: a model-sized
+                # frame and reply each, which the next round's buffers can then reuse.
+                del message
+                self._push(stub, reply)
+                del reply
         finally:
             beat.set()
             deliveries.cancel()
