@@ -3,10 +3,10 @@
 A 10M-parameter round with 10 nodes moves 10 x 40 MB from the server to the nodes and
 10 x 40 MB back. This streams the same volume (4 MiB messages, bytes in and out: no
 protobuf, no hashing, no disk) between two processes over 127.0.0.1 with Pollinate's
-channel options, and reports the CPU seconds each side spends. The sum over a round's
-four roles (server sending and receiving, nodes receiving and sending) is CPU that any
-gRPC-based deployment pays on this machine; divided by the cores it is a lower bound on
-the round's wall time when server and nodes share them.
+channel options and allocator settings, and reports the CPU seconds each side spends.
+The sum over a round's four roles (server sending and receiving, nodes receiving and
+sending) is CPU that any gRPC-based deployment pays on this machine; divided by the
+cores it is a lower bound on the round's wall time when server and nodes share them.
 
 The same volume over plain TCP sockets (``sendall`` of each 4 MiB message, ``recv_into``
 one reused buffer) is measured beside it: what a data channel for bulk bytes beside
@@ -29,7 +29,12 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from pollinate.runtime.grpc._common import CHANNEL_OPTIONS
+from pollinate.runtime.grpc._common import (
+    CHANNEL_OPTIONS,
+    NODE_MALLOC,
+    SERVER_MALLOC,
+    tune_malloc,
+)
 from pollinate.runtime.grpc.chunks import MAX_CHUNK_BYTES
 
 VOLUME = 400_000_000  # bytes each way: 10 nodes x 40 MB
@@ -148,6 +153,7 @@ def _measure(serve: object, client: object) -> tuple[list[list[str]], float]:
     pid = os.fork()
     if pid == 0:
         os.close(read)
+        tune_malloc(**NODE_MALLOC)  # as `pollinate node` does
         client(write)  # type: ignore[operator]
         os._exit(0)
     os.close(write)
@@ -172,6 +178,7 @@ def _table_rows(label: str, rows: list[list[str]], server_cpu: float) -> float:
 
 
 def main() -> None:
+    tune_malloc(**SERVER_MALLOC)  # as `pollinate server` does
     server, port = _serve()
     rows, server_cpu = _measure(server, lambda write: _client(port, write))
     server.stop(None)
