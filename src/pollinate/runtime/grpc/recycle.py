@@ -53,22 +53,28 @@ def unshared(path: Path) -> bool:
 
     False when the file is in use, is gone, or leases are not available here.
     """
+    return _lease(path) == "free"
+
+
+def _lease(path: Path) -> Literal["free", "busy", "unavailable"]:
+    """Try a write lease on ``path``: "busy" if somebody else has it open or mapped."""
     set_lease = getattr(fcntl, "F_SETLEASE", None) if fcntl is not None else None
     if fcntl is None or set_lease is None:
-        return False
+        return "unavailable"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return False
+        return "unavailable"
     try:
         fcntl.fcntl(fd, set_lease, fcntl.F_WRLCK)
     except OSError as error:
-        if error.errno not in (errno.EAGAIN, errno.EBUSY):
-            log.debug("no write lease on %s (%s): not recycled", path, error)
-        return False
+        if error.errno in (errno.EAGAIN, errno.EBUSY):
+            return "busy"
+        log.debug("no write lease on %s (%s): not recycled", path, error)
+        return "unavailable"
     else:
         fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
-        return True
+        return "free"
     finally:
         os.close(fd)
 
@@ -126,8 +132,9 @@ class RecyclePool:
         with self._lock:  # one offer at a time keeps the pool within its cap
             if self.size + size > self._max_bytes:
                 return "refused"
-            if not unshared(path):
-                return "busy" if path.exists() else "refused"
+            lease = _lease(path)
+            if lease != "free":
+                return "busy" if lease == "busy" else "refused"
             # Names sort by age, so take() reuses the file most likely still cached.
             target = self._directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
             try:
