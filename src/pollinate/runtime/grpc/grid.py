@@ -177,24 +177,18 @@ class GrpcGrid(Grid):
     def save_checkpoint(self, server_round: int, state: RecordDict) -> None:
         """Store a completed round's state on the server (it survives a server restart).
 
-        On the server's machine the state is written to a file now (into the page
-        cache: immune to later changes of the arrays, without a copy in this process's
-        memory), and hashed, made durable and handed over on a thread of its own while
-        the next round's instructions go out: it is durable before that round's replies
-        are received (and before :meth:`close` returns); an error is raised then.
+        On the server's machine the state is copied now and written on a thread of its
+        own while the next round's instructions go out: it is durable before that
+        round's replies are received (and before :meth:`close` returns); an error in
+        writing it is raised then.
         """
         self._finish_checkpoint()
         if self._staging_dir is not None:
-            path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
-            try:
-                _write_file(path, recorddict_to_segments(state), reuse=self._recycled)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
+            snapshot = b"".join(recorddict_to_segments(state))  # immune to later changes
             if self._checkpointer is None:
                 self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
             self._checkpoint = self._checkpointer.submit(
-                self._save_checkpoint_local, server_round, path
+                self._save_checkpoint_local, server_round, snapshot
             )
             return
         metadata = (*self._metadata, ("x-pollinate-round", str(server_round)))
@@ -213,10 +207,12 @@ class GrpcGrid(Grid):
         if pending is not None:
             pending.result()
 
-    def _save_checkpoint_local(self, server_round: int, path: Path) -> None:
-        """Make a written checkpoint durable and hand it to the server: no upload."""
+    def _save_checkpoint_local(self, server_round: int, frame: bytes) -> None:
+        """Write the checkpoint where the server takes it over, durably: no upload."""
+        assert self._staging_dir is not None
+        path = self._staging_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            digest = _sync_and_hash(path)
+            digest = _write_file(path, [frame], sync=True, reuse=self._recycled)
             request = pb.CheckpointFile(path=str(path), server_round=server_round, sha256=digest)
             self._call("saving a checkpoint", self._stub.SaveCheckpointLocal, request)
         finally:
@@ -246,25 +242,24 @@ class GrpcGrid(Grid):
             self._channel.close()
 
 
-def _write_file(path: Path, segments: Iterable[Any], *, reuse: RecyclePool | None = None) -> None:
-    """Write a frame to a new file (or one taken from ``reuse``)."""
+def _write_file(
+    path: Path, segments: Iterable[Any], *, sync: bool = False, reuse: RecyclePool | None = None
+) -> str:
+    """Write a frame to a new file (or one taken from ``reuse``); returns its SHA-256
+    (hex) if ``sync``, after an fsync (a checkpoint must be durable before the server
+    records it)."""
+    digest = hashlib.sha256()
     reused = reuse.take(path) if reuse is not None else None
     with reused or open(path, "xb") as file:
         for segment in segments:
-            file.write(memoryview(segment).cast("B"))
+            view = memoryview(segment).cast("B")
+            if sync:
+                digest.update(view)
+            file.write(view)
         file.truncate()  # a recycled file is longer than what was written
-
-
-def _sync_and_hash(path: Path) -> str:
-    """fsync a written file (a checkpoint must be durable before the server records it)
-    and return its SHA-256 (hex), read back from the page cache."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
-        size = os.fstat(file.fileno()).st_size
-        if size:
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                digest.update(mapped)
+        if sync:
+            file.flush()
+            os.fsync(file.fileno())
     return digest.hexdigest()
 
 
