@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from pollinate.errors import ProtocolError, SerializationError
@@ -52,6 +53,7 @@ def test_a_checkpoint_written_in_the_background_fails_the_next_call(tmp_path: Pa
         raise ProtocolError("refused")
 
     grid._stub.SaveCheckpointLocal = refuse
+    grid._stub.RetireConsumed = lambda request, **_: pb.RetireConsumedResponse()
     state = RecordDict({"m": MetricRecord({"loss": 0.5})})
     grid.save_checkpoint(1, state)  # returns before the file is written
 
@@ -63,3 +65,36 @@ def test_a_checkpoint_written_in_the_background_fails_the_next_call(tmp_path: Pa
     assert [c.server_round for c in calls] == [1, 3]
     assert len(calls[0].sha256) == 64
     assert list(tmp_path.iterdir()) == []  # the refused files were removed
+
+
+class _Unimplemented(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("server_retires", [True, False])
+def test_consumed_replies_are_retired_before_the_checkpoint_is_written(
+    tmp_path: Path, server_retires: bool
+) -> None:
+    # So the files of the round's replies are free for the checkpoint and the next
+    # round's content; a server without the call (older) is no error.
+    grid = GrpcGrid("127.0.0.1:9", run_id=1, token="t", staging_dir=tmp_path)
+    calls: list[str] = []
+
+    def retire(request: pb.RetireConsumedRequest, **_: object) -> pb.RetireConsumedResponse:
+        calls.append("retire")
+        if not server_retires:
+            raise _Unimplemented()
+        return pb.RetireConsumedResponse(retired=10)
+
+    def save(request: pb.CheckpointFile, **_: object) -> pb.SendResponse:
+        calls.append(f"save {request.server_round}")
+        return pb.SendResponse()
+
+    grid._stub.RetireConsumed = retire
+    grid._stub.SaveCheckpointLocal = save
+    state = RecordDict({"m": MetricRecord({"loss": 0.5})})
+    grid.save_checkpoint(1, state)
+    grid.save_checkpoint(2, state)
+    grid.close()
+    assert calls == ["retire", "save 1", "retire", "save 2"]

@@ -571,6 +571,28 @@ def test_a_checkpoint_retires_consumed_replies_and_answered_instructions(
     assert [p.metadata for p in store.pending_for_node(third)] == [elsewhere.metadata]
 
 
+def test_consumed_replies_can_be_retired_before_the_checkpoint(file_store: StateStore) -> None:
+    store = file_store
+    run_id, node = _run(store), _node(store)
+    consumed, waiting = _instruction(run_id, node), _instruction(run_id, node)
+    _add(store, consumed)
+    _add(store, waiting)
+    reply = _reply(consumed)
+    store.add_reply(reply.metadata, message_to_segments(reply))
+    store.mark_reply_consumed(reply.metadata.message_id)
+
+    # Act: the consumed reply and its answered instruction go; the waiting one stays.
+    assert store.retire_consumed(run_id) == 2
+    store.settle()
+
+    assert _files(store, "replies") == [] and len(_files(store, "instructions")) == 1
+    assert store.replies_for(run_id, [consumed.metadata.message_id]) == []
+    assert store.add_reply(reply.metadata, message_to_segments(reply)) is False  # still known
+    assert store.retire_consumed(run_id) == 0
+    with pytest.raises(ConfigError, match="run"):
+        store.retire_consumed(run_id + 1000)
+
+
 def test_a_retired_reply_file_is_overwritten_by_a_later_reply(file_store: StateStore) -> None:
     store = file_store
     run_id, node = _run(store), _node(store)

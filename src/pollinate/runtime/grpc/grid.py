@@ -183,6 +183,7 @@ class GrpcGrid(Grid):
         writing it is raised then.
         """
         self._finish_checkpoint()
+        self._retire_consumed()
         if self._staging_dir is not None:
             snapshot = b"".join(recorddict_to_segments(state))  # immune to later changes
             if self._checkpointer is None:
@@ -200,6 +201,18 @@ class GrpcGrid(Grid):
             )
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, "saving a checkpoint") from None
+
+    def _retire_consumed(self) -> None:
+        """Let the server retire the replies this process has consumed before the
+        checkpoint is stored (which would retire them too), so their files are free to
+        be reused for the checkpoint and the next round's content."""
+        try:
+            self._stub.RetireConsumed(
+                pb.RetireConsumedRequest(), metadata=self._metadata, timeout=30
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # an older server: no matter
+                raise translate_rpc_error(exc, "retiring consumed replies") from None
 
     def _finish_checkpoint(self) -> None:
         """Wait for the checkpoint being written, raising its error if it failed."""

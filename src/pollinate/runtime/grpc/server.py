@@ -721,6 +721,16 @@ class GridIoServicer:
             staged.discard()
         return pb.SendResponse(message_id=f"checkpoint-{request.server_round}")
 
+    def RetireConsumed(
+        self, request: pb.RetireConsumedRequest, context: grpc.ServicerContext
+    ) -> Any:
+        run_id = self._run(context)
+        try:
+            retired = self.c.store.retire_consumed(run_id)
+        except PollinateError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.RetireConsumedResponse(retired=retired)
+
     def LoadCheckpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Any:
         run_id = self._run(context)
         checkpoint = self.c.store.latest_checkpoint(run_id)

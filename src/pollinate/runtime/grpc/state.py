@@ -1728,6 +1728,24 @@ class StateStore:
         files = [self._abs(rel) for rel in (*dropped, *retired) if not _is_inline(rel)]
         self._reaper.delete(files)
 
+    def retire_consumed(self, run_id: int) -> int:
+        """Retire a run's consumed replies and answered instructions now, as saving its
+        next checkpoint would; returns how many. For a ServerApp about to save a round's
+        checkpoint: it reads none of them again, and their files can then be recycled
+        for the checkpoint and the next round's content (see :mod:`.recycle`).
+
+        Raises
+        ------
+        ConfigError
+            If the run does not exist.
+        """
+        with self._write() as conn:
+            if not conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                raise _unknown_run(run_id)
+            retired = self._retire_messages(conn, run_id)
+        self._reaper.delete([self._abs(rel) for rel in retired if not _is_inline(rel)])
+        return len(retired)
+
     def _retire_messages(self, conn: sqlite3.Connection, run_id: int) -> list[str]:
         """Point a run's consumed replies and answered instructions at the ``retired``
         row and drop their blob rows; returns the files to delete after the commit.

@@ -315,6 +315,9 @@ def add_grid_io_servicer(servicer: Any, server: grpc.Server) -> None:
                 servicer.SaveCheckpointLocal, pb.CheckpointFile, pb.SendResponse
             ),
             "LoadCheckpoint": download(servicer.LoadCheckpoint, pb.CheckpointRequest),
+            "RetireConsumed": unary(
+                servicer.RetireConsumed, pb.RetireConsumedRequest, pb.RetireConsumedResponse
+            ),
         },
     )
 

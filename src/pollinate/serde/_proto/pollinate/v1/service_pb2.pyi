@@ -758,3 +758,44 @@ class CheckpointRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckpointRequest: _TypeAlias = CheckpointRequest  # noqa: Y015
+
+@_typing.final
+class RetireConsumedRequest(_message.Message):
+    """A ServerApp that is about to save a round's checkpoint will not read that round's
+    consumed replies again: the server may retire them (and the answered instructions)
+    now rather than once the checkpoint is stored, so their files can be reused for the
+    checkpoint and the next round's content.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireConsumedRequest: _TypeAlias = RetireConsumedRequest  # noqa: Y015
+
+@_typing.final
+class RetireConsumedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETIRED_FIELD_NUMBER: _builtins.int
+    retired: _builtins.int
+    """Replies and instructions retired."""
+    def __init__(
+        self,
+        *,
+        retired: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired", b"retired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireConsumedResponse: _TypeAlias = RetireConsumedResponse  # noqa: Y015

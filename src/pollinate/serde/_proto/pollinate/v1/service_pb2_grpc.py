@@ -483,6 +483,11 @@ class GridIoStub:
                 request_serializer=pollinate_dot_v1_dot_service__pb2.CheckpointFile.SerializeToString,
                 response_deserializer=pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.RetireConsumed = channel.unary_unary(
+                '/pollinate.v1.GridIo/RetireConsumed',
+                request_serializer=pollinate_dot_v1_dot_service__pb2.RetireConsumedRequest.SerializeToString,
+                response_deserializer=pollinate_dot_v1_dot_service__pb2.RetireConsumedResponse.FromString,
+                _registered_method=True)
 
 
 class GridIoServicer:
@@ -554,6 +559,14 @@ class GridIoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetireConsumed(self, request, context):
+        """Retire this run's consumed replies and answered instructions now (see
+        RetireConsumedRequest); saving a checkpoint also does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GridIoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +614,11 @@ def add_GridIoServicer_to_server(servicer, server):
                     servicer.SaveCheckpointLocal,
                     request_deserializer=pollinate_dot_v1_dot_service__pb2.CheckpointFile.FromString,
                     response_serializer=pollinate_dot_v1_dot_service__pb2.SendResponse.SerializeToString,
+            ),
+            'RetireConsumed': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireConsumed,
+                    request_deserializer=pollinate_dot_v1_dot_service__pb2.RetireConsumedRequest.FromString,
+                    response_serializer=pollinate_dot_v1_dot_service__pb2.RetireConsumedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -846,6 +864,33 @@ class GridIo:
             '/pollinate.v1.GridIo/SaveCheckpointLocal',
             pollinate_dot_v1_dot_service__pb2.CheckpointFile.SerializeToString,
             pollinate_dot_v1_dot_service__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireConsumed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.GridIo/RetireConsumed',
+            pollinate_dot_v1_dot_service__pb2.RetireConsumedRequest.SerializeToString,
+            pollinate_dot_v1_dot_service__pb2.RetireConsumedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -176,6 +176,10 @@ class GridIoStub:
     """Store a checkpoint (a RecordDict frame) for a completed round."""
     SaveCheckpointLocal: _grpc.UnaryUnaryMultiCallable[_service_pb2.CheckpointFile, _service_pb2.SendResponse]
     """The same, with the frame in a file the server takes over (same machine only)."""
+    RetireConsumed: _grpc.UnaryUnaryMultiCallable[_service_pb2.RetireConsumedRequest, _service_pb2.RetireConsumedResponse]
+    """Retire this run's consumed replies and answered instructions now (see
+    RetireConsumedRequest); saving a checkpoint also does.
+    """
 
 @_typing.type_check_only
 class GridIoAsyncStub(GridIoStub):
@@ -203,6 +207,10 @@ class GridIoAsyncStub(GridIoStub):
     """Store a checkpoint (a RecordDict frame) for a completed round."""
     SaveCheckpointLocal: _aio.UnaryUnaryMultiCallable[_service_pb2.CheckpointFile, _service_pb2.SendResponse]  # type: ignore[assignment]
     """The same, with the frame in a file the server takes over (same machine only)."""
+    RetireConsumed: _aio.UnaryUnaryMultiCallable[_service_pb2.RetireConsumedRequest, _service_pb2.RetireConsumedResponse]  # type: ignore[assignment]
+    """Retire this run's consumed replies and answered instructions now (see
+    RetireConsumedRequest); saving a checkpoint also does.
+    """
 
 class GridIoServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -281,5 +289,15 @@ class GridIoServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SendResponse, _abc.Awaitable[_service_pb2.SendResponse]]:
         """The same, with the frame in a file the server takes over (same machine only)."""
+
+    @_abc_1.abstractmethod
+    def RetireConsumed(
+        self,
+        request: _service_pb2.RetireConsumedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.RetireConsumedResponse, _abc.Awaitable[_service_pb2.RetireConsumedResponse]]:
+        """Retire this run's consumed replies and answered instructions now (see
+        RetireConsumedRequest); saving a checkpoint also does.
+        """
 
 def add_GridIoServicer_to_server(servicer: GridIoServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
