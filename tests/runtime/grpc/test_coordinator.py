@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from pollinate.records import ArrayRecord, Message, MetricRecord, RecordDict
 from pollinate.runtime.grpc.apps import pack_app, unpack_app
 from pollinate.runtime.grpc.server import Coordinator, ServerSettings
 from pollinate.runtime.grpc.state import StateStore
+from pollinate.serde import message_to_segments, recorddict_to_segments
 
 
 def _app(root: Path, name: str) -> Path:
@@ -39,3 +43,34 @@ def test_only_apps_of_pending_or_running_runs_are_kept(tmp_path: Path) -> None:
             [unpacked["running"], unpacked["pending"]]
         )
         assert coordinator.prune_apps() == []
+
+
+def _retired_content_is_recycled(tmp_path: Path, *, forget: bool) -> bool:
+    """Send a broadcast's content to its one node from the cache, answer and consume
+    it, retire the round: whether the content's file went to the recycling pool."""
+    with StateStore(tmp_path / "state.db", clock=lambda: 1000.0) as store:
+        coordinator = Coordinator(ServerSettings(address="127.0.0.1:0", state=store.path), store)
+        run_id = store.create_run(app_name="app", app_version="1", app_dir=".", config={})
+        node = store.register_node(
+            public_key=None, attributes={}, app_name="app", app_version="1"
+        )
+        content = RecordDict({"arrays": ArrayRecord({"w": np.arange(6, dtype=np.float32)})})
+        instruction = Message(content, dst_node_id=node, message_type="train", group_id="1")
+        instruction = instruction.with_metadata(run_id=run_id, created_at=1000.0)
+        store.add_broadcast([instruction.metadata], recorddict_to_segments(content))
+        [row] = store.pending_for_node(node)
+        coordinator.content(row)  # mapped and kept, as when it was sent
+        reply = instruction.reply(RecordDict({"metrics": MetricRecord({"loss": 1.0})}))
+        store.add_reply(reply.metadata, message_to_segments(reply))
+        store.mark_reply_consumed(reply.metadata.message_id)
+
+        if forget:
+            coordinator.forget_contents()  # what RetireConsumed does first
+        store.retire_consumed(run_id)
+        store.settle()
+        return any((store.blob_dir / "recycled").iterdir())
+
+
+def test_a_content_kept_for_sending_is_recycled_once_forgotten(tmp_path: Path) -> None:
+    assert not _retired_content_is_recycled(tmp_path / "kept", forget=False)
+    assert _retired_content_is_recycled(tmp_path / "forgotten", forget=True)

@@ -144,6 +144,13 @@ class Coordinator:
                     self._contents.pop(next(iter(self._contents)))
             return cached
 
+    def forget_contents(self) -> None:
+        """Drop the contents kept mapped for sending: a ServerApp is done with a round,
+        and a content still mapped here could not be recycled when it is retired (a
+        node still receiving one keeps its own reference)."""
+        with self._contents_lock:
+            self._contents.clear()
+
     def notify(self) -> None:
         """Wake every waiting stream: something they may wait for changed."""
         with self.changed:
@@ -725,6 +732,7 @@ class GridIoServicer:
         self, request: pb.RetireConsumedRequest, context: grpc.ServicerContext
     ) -> Any:
         run_id = self._run(context)
+        self.c.forget_contents()
         try:
             retired = self.c.store.retire_consumed(run_id)
         except PollinateError as exc:
