@@ -51,9 +51,7 @@ def _retired_content_is_recycled(tmp_path: Path, *, forget: bool) -> bool:
     with StateStore(tmp_path / "state.db", clock=lambda: 1000.0) as store:
         coordinator = Coordinator(ServerSettings(address="127.0.0.1:0", state=store.path), store)
         run_id = store.create_run(app_name="app", app_version="1", app_dir=".", config={})
-        node = store.register_node(
-            public_key=None, attributes={}, app_name="app", app_version="1"
-        )
+        node = store.register_node(public_key=None, attributes={}, app_name="app", app_version="1")
         content = RecordDict({"arrays": ArrayRecord({"w": np.arange(6, dtype=np.float32)})})
         instruction = Message(content, dst_node_id=node, message_type="train", group_id="1")
         instruction = instruction.with_metadata(run_id=run_id, created_at=1000.0)
