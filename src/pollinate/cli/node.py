@@ -64,10 +64,10 @@ def node(
     project.add_to_path()
     app = load_object(project.client_app, ClientApp)
     credentials = None
+    root_pem = None
     if root_certificate is not None:
-        credentials = security.tls_channel_credentials(
-            security.load_root_certificate(root_certificate)
-        )
+        root_pem = security.load_root_certificate(root_certificate)
+        credentials = security.tls_channel_credentials(root_pem)
     else:
         logging.getLogger("pollinate.node").warning("--insecure: traffic is plaintext")
     signer = None
@@ -87,6 +87,7 @@ def node(
             app_version=version,
             node_config=parse_free_items(node_config_items, option="--node-config"),
             channel_credentials=credentials,
+            root_certificate=root_pem,
             signer=signer,
         ),
         stop=stop,

@@ -53,6 +53,15 @@ __all__ = ["server"]
     help="Seconds; a node silent for two intervals is dead.",
 )
 @click.option(
+    "--bulk-port",
+    default="auto",
+    show_default=True,
+    metavar="PORT|auto|off",
+    help="A second port where nodes fetch and upload model-sized frames as raw bytes "
+    "(same TLS certificate; tickets from the gRPC port): faster than gRPC for large "
+    "models. auto: the gRPC port + 1; 0: any free port; off: frames go over gRPC.",
+)
+@click.option(
     "--serverapp-over-network",
     is_flag=True,
     hidden=True,
@@ -66,6 +75,7 @@ def server(
     authorized_keys: Path | None,
     operator_keys: Path | None,
     heartbeat_interval: float,
+    bulk_port: str,
     serverapp_over_network: bool,
 ) -> None:
     """Run the coordinator: nodes connect here, runs are submitted here."""
@@ -106,6 +116,10 @@ def server(
         operator_verifier=operator_verifier,
         heartbeat_interval=heartbeat_interval,
         local_serverapp=not serverapp_over_network,
+        bulk_port=_bulk_port(bulk_port, address),
+        bulk_tls=None
+        if certificates is None
+        else (certificates / "server.pem", certificates / "server.key"),
     )
     from pollinate.runtime.grpc._common import SERVER_MALLOC, tune_malloc
 
@@ -116,3 +130,17 @@ def server(
         serve(settings, stop=stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+def _bulk_port(value: str, address: str) -> int | None:
+    """The bulk port a --bulk-port value asks for (``None``: none)."""
+    if value == "off":
+        return None
+    if value == "auto":
+        port = address.rsplit(":", 1)[-1]
+        if not port.isdigit() or int(port) == 0:
+            return 0
+        return int(port) + 1 if int(port) < 65535 else 0
+    if value.isdigit() and int(value) <= 65535:
+        return int(value)
+    raise ConfigError(f"--bulk-port {value!r}: give a port number, auto or off")

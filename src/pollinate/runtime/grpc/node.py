@@ -27,6 +27,12 @@ from pollinate.client import ClientApp
 from pollinate.errors import NodeUnavailableError, ProtocolError
 from pollinate.records import ConfigValue, Context, Error, ErrorCode, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, NODE_ID_KEY, translate_rpc_error
+from pollinate.runtime.grpc.bulk import (
+    BulkClient,
+    BulkRefusedError,
+    BulkUnavailableError,
+    client_ssl_context,
+)
 from pollinate.runtime.grpc.chunks import ChunkAssembler, iter_chunks
 from pollinate.runtime.grpc.security import RequestSigner
 from pollinate.runtime.grpc.wire import Delivery, fleet_stub
@@ -34,6 +40,11 @@ from pollinate.serde import message_from_bytes, message_to_segments
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 
 __all__ = ["NodeAgent", "NodeSettings"]
+
+
+class _UseGrpc(Exception):
+    """The bulk port failed: subscribe again, asking for instructions over gRPC."""
+
 
 log = logging.getLogger("pollinate.node")
 
@@ -52,6 +63,11 @@ class NodeSettings:
     connect_timeout: float = 10.0
     max_backoff: float = 30.0
     max_frame_bytes: int = 8 * 1024**3
+    #: The CA certificate (PEM) the server's TLS certificate is checked against on the
+    #: bulk port; with ``channel_credentials`` but without it, the bulk port is not used.
+    root_certificate: bytes | None = None
+    #: Use the server's bulk port for frames when it has one (see :mod:`.bulk`).
+    bulk: bool = True
 
 
 class NodeAgent:
@@ -63,6 +79,8 @@ class NodeAgent:
         self.node_id = 0
         self._states: dict[int, RecordDict] = {}  # Context.state per run
         self._forgotten = threading.Event()  # the server no longer knows this node
+        self._bulk: BulkClient | None = None  # the server's bulk port, while usable
+        self._bulk_failed = False  # it failed once: frames go over gRPC from then on
 
     # -- connection -------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -96,6 +114,9 @@ class NodeAgent:
                         f"{self.settings.connect_timeout:g} s; check --server and that the "
                         "server runs (and TLS settings match)"
                     ) from None
+            except _UseGrpc:
+                connected_once = True  # reconnect at once, without the bulk port
+                continue
             except grpc.RpcError as exc:
                 error = translate_rpc_error(exc, "node")
                 if not connected_once and self.node_id == 0:
@@ -128,7 +149,13 @@ class NodeAgent:
         )
         self.node_id = int(response.node_id)
         self._forgotten.clear()
-        log.warning("connected to %s as node %d", self.settings.server, self.node_id)
+        self._bulk = self._bulk_client(int(response.bulk_port))
+        log.warning(
+            "connected to %s as node %d%s",
+            self.settings.server,
+            self.node_id,
+            "" if self._bulk is None else f" (frames on its bulk port {self._bulk.port})",
+        )
         beat = threading.Event()
         heart = threading.Thread(
             target=self._heartbeat,
@@ -138,7 +165,8 @@ class NodeAgent:
         )
         heart.start()
         deliveries = stub.Subscribe(
-            pb.SubscribeRequest(node_id=self.node_id), metadata=self._metadata("Subscribe")
+            pb.SubscribeRequest(node_id=self.node_id, bulk=self._bulk is not None),
+            metadata=self._metadata("Subscribe"),
         )
         stopper = threading.Thread(
             target=self._cancel_on_stop, args=(deliveries, beat), daemon=True
@@ -150,11 +178,24 @@ class NodeAgent:
                 # Freed now, not when the next instruction replaces them: a model-sized
                 # frame and reply each, which the next round's buffers can then reuse.
                 del message
-                self._push(stub, reply)
+                self._push(stub, reply, run_info.offer.reply_ticket if run_info.offer else b"")
                 del reply
         finally:
             beat.set()
             deliveries.cancel()
+
+    def _bulk_client(self, port: int) -> BulkClient | None:
+        """A client for the server's bulk port, if it has one and this node may use it."""
+        settings = self.settings
+        if not port or not settings.bulk or self._bulk_failed:
+            return None
+        context = None
+        if settings.channel_credentials is not None:
+            if settings.root_certificate is None:
+                return None
+            context = client_ssl_context(settings.root_certificate)
+        host = settings.server.rsplit(":", 1)[0].strip("[]")
+        return BulkClient(host, port, context)
 
     def _cancel_on_stop(self, call: Any, done: threading.Event) -> None:
         """End the subscription when stopped, or when the server forgot this node (the
@@ -182,6 +223,9 @@ class NodeAgent:
         assembler: ChunkAssembler | None = None
         first: Delivery | None = None
         for delivery in deliveries:
+            if delivery.offer is not None:
+                yield self._fetch(delivery.offer), delivery
+                continue
             if delivery.chunk is None:
                 continue
             if assembler is None:
@@ -191,6 +235,24 @@ class NodeAgent:
                 assert first is not None
                 yield message_from_bytes(assembler.frame()), first
                 assembler, first = None, None
+
+    def _fetch(self, offer: pb.BulkOffer) -> Message:
+        """An offered instruction from the bulk port. If that fails, the node subscribes
+        again without it, and the server streams the instruction over gRPC instead."""
+        assert self._bulk is not None  # offers come only to a node that asked for them
+        try:
+            frame = self._bulk.fetch(
+                offer.ticket,
+                size=offer.size,
+                head_size=offer.head_size,
+                digests=list(offer.digests),
+                max_bytes=self.settings.max_frame_bytes,
+            )
+        except (BulkUnavailableError, BulkRefusedError) as exc:
+            log.warning("the bulk port failed (%s); frames go over gRPC from now on", exc)
+            self._bulk_failed = True
+            raise _UseGrpc from None
+        return message_from_bytes(frame)
 
     def _handle(self, message: Message, run_info: Delivery) -> Message:
         wanted = (run_info.app_name, run_info.app_version)
@@ -226,9 +288,17 @@ class NodeAgent:
         )
         return reply
 
-    def _push(self, stub: Any, reply: Message) -> None:
-        """Send a reply until the server acknowledges it (bounded by the stop flag)."""
+    def _push(self, stub: Any, reply: Message, ticket: bytes = b"") -> None:
+        """Send a reply until the server acknowledges it (bounded by the stop flag): on
+        the bulk port with the offer's ``ticket`` if there is one, else (or if that
+        fails) over gRPC."""
         segments = message_to_segments(reply)
+        if ticket and self._bulk is not None:
+            try:
+                self._bulk.upload(ticket, segments)
+                return
+            except (BulkUnavailableError, BulkRefusedError) as exc:
+                log.warning("the bulk port failed (%s); sending the reply over gRPC", exc)
         for attempt in range(8):
             try:
                 stub.PushReply(

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,17 @@ from pollinate.runtime.grpc._common import (
     metadata_value,
 )
 from pollinate.runtime.grpc.apps import unpack_app
+from pollinate.runtime.grpc.bulk import (
+    OP_FETCH,
+    OP_UPLOAD,
+    BulkRefusedError,
+    BulkServer,
+    Ticket,
+    TicketBook,
+    Upload,
+    piece_digests,
+    server_ssl_context,
+)
 from pollinate.runtime.grpc.chunks import (
     ChunkAssembler,
     chunk_digests,
@@ -79,6 +90,11 @@ _CONCURRENT_SENDS = 2  # transfers to nodes at once (see Coordinator.sending)
 _ORDERED_SEND_BYTES = 1024 * 1024
 _SEND_SLOT_WAIT = 2.0  # seconds a transfer waits for a slot before going anyway
 _CACHED_CONTENTS = 1  # the content being sent (re-hashing another costs ~2 ms per 40 MB)
+#: Seconds a node has to fetch an offered instruction (it does so at once; a ticket left
+#: unused is void, and a node that reconnects gets a new offer).
+_FETCH_TICKET_TTL = 600.0
+#: Seconds an upload ticket lasts: longer than any training (instructions expire first).
+_UPLOAD_TICKET_TTL = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -97,6 +113,11 @@ class ServerSettings:
     max_frame_bytes: int = 8 * 1024**3
     max_threads: int = 2048
     child_env: dict[str, str] = field(default_factory=dict)
+    #: The bulk port nodes fetch and upload frames on (see :mod:`.bulk`): ``None`` for
+    #: none (frames go over gRPC only), 0 for any free port.
+    bulk_port: int | None = None
+    #: The PEM files of the TLS certificate chain and key, for the bulk port.
+    bulk_tls: tuple[Path, Path] | None = None
     #: The ServerApp maps reply files and writes contents into the state's staging
     #: directory (it runs on this machine); False makes it use the network, as one on
     #: another machine would (tests cover both paths this way).
@@ -128,6 +149,9 @@ class Coordinator:
         self.sending = SendSlots(_CONCURRENT_SENDS)
         self._contents: dict[str, tuple[memoryview, list[bytes]]] = {}
         self._contents_lock = threading.Lock()
+        #: Tickets for the bulk port, and the port (0 while there is none).
+        self.tickets = TicketBook()
+        self.bulk_port = 0
 
     def content(self, row: InstructionRow) -> tuple[memoryview, list[bytes]]:
         """A broadcast's stored content, mapped, with the digests of its data section's
@@ -291,6 +315,61 @@ class Coordinator:
                 log.warning("resuming run %d after a restart", run.run_id)
                 self.start_run(run.run_id)
 
+    # -- frames -------------------------------------------------------------------------
+    def instruction_frame(self, instruction: InstructionRow) -> tuple[list[memoryview], int]:
+        """An instruction's frame as segments, and the size of its first piece: a
+        broadcast's head and shared content (the content hashed once for all its nodes),
+        or a single stored frame (0: no separate head)."""
+        if instruction.content_only:
+            content, _ = self.content(instruction)
+            head, data = message_parts_from_content(instruction.metadata, content)
+            return [memoryview(head), data], len(head)
+        return [self.store.read_blob(instruction.path)], 0
+
+    def frame_digests(self, instruction: InstructionRow) -> tuple[int, int, list[bytes]]:
+        """Size, first piece and piece digests of an instruction's frame (as
+        :func:`.bulk.piece_digests` cuts it)."""
+        segments, head_size = self.instruction_frame(instruction)
+        size = sum(segment.nbytes for segment in segments)
+        if instruction.content_only:
+            _, cached = self.content(instruction)
+            return size, head_size, [*piece_digests(segments[:1]), *cached]
+        return size, head_size, piece_digests(segments)
+
+    def accept_reply(self, node_id: int, staged: StagedFile, *, reply_to: str = "") -> bool:
+        """Store a reply that node ``node_id`` sent (its bytes in ``staged``): ``True``
+        if new, ``False`` if a duplicate. ``reply_to``, if given, is the only instruction
+        it may answer.
+
+        Raises
+        ------
+        ReplyRefused
+            If the frame is not a message, not this node's reply, or not storable.
+        """
+        try:
+            frame = staged.map()
+            metadata = message_from_bytes(frame).metadata
+            del frame  # the decoded arrays map the file; only the metadata is needed
+        except SerializationError as exc:
+            raise ReplyRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not a valid message frame: {exc}"
+            ) from None
+        if (
+            not metadata.reply_to_message_id
+            or metadata.src_node_id != node_id
+            or (reply_to and metadata.reply_to_message_id != reply_to)
+        ):
+            raise ReplyRefused(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {node_id} may only send its own replies"
+            )
+        try:
+            accepted = self.store.add_reply(metadata, staged)
+        except (ProtocolError, PollinateError) as exc:
+            raise ReplyRefused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        self.store.heartbeat(node_id)
+        self.notify()
+        return accepted
+
     # -- liveness -----------------------------------------------------------------------
     def watch_liveness(self) -> None:
         """Declare silent nodes dead and expire old instructions, until closed."""
@@ -302,6 +381,7 @@ class Coordinator:
                     code=ErrorCode.NODE_UNAVAILABLE,
                     reason=f"node {node_id} stopped sending heartbeats",
                 )
+                self.tickets.forget_node(node_id)
                 log.warning(
                     "node %d is dead (no heartbeat for %.0f s); %d pending instructions failed",
                     node_id,
@@ -323,6 +403,56 @@ class Coordinator:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.notify()
+
+
+class ReplyRefused(ProtocolError):
+    """A reply the server will not store, with the gRPC status that says why."""
+
+    def __init__(self, code: grpc.StatusCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class FleetBulk:
+    """The bulk port's service (see :mod:`.bulk`): instruction frames out, replies in,
+    for holders of tickets that a node's Subscribe stream issued."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def serve_fetch(
+        self, ticket: Ticket, send: Callable[[Sequence[bytes | memoryview]], None]
+    ) -> None:
+        instruction = self.c.store.instruction(ticket.message_id)
+        if (
+            instruction is None
+            or instruction.state != "queued"
+            or instruction.metadata.dst_node_id != ticket.node_id
+        ):
+            raise BulkRefusedError(f"instruction {ticket.message_id} is not waiting for this node")
+        segments, _ = self.c.instruction_frame(instruction)
+        slot = self.c.sending.acquire(ticket.message_id, timeout=_SEND_SLOT_WAIT)
+        try:
+            send(segments)
+        finally:
+            if slot:
+                self.c.sending.release(ticket.message_id)
+        self.c.store.mark_delivered(ticket.message_id)
+
+    def serve_upload(self, ticket: Ticket, upload: Upload) -> bool:
+        if upload.size > self.c.settings.max_frame_bytes:
+            raise BulkRefusedError(
+                f"a reply of {upload.size} bytes exceeds {self.c.settings.max_frame_bytes}"
+            )
+        staged = self.c.store.stage(reply=True)
+        try:
+            upload.read_into(staged.write)
+            try:
+                return self.c.accept_reply(ticket.node_id, staged, reply_to=ticket.message_id)
+            except ReplyRefused as exc:
+                raise BulkRefusedError(str(exc)) from None
+        finally:
+            staged.discard()  # a no-op once the store moved it into place
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
@@ -413,8 +543,11 @@ class FleetServicer:
         self.c.store.heartbeat(node_id)
         log.info("node %d registered (%s %s)", node_id, request.app_name, request.app_version)
         self.c.notify()
+        self.c.tickets.forget_node(node_id)  # a node that registers again starts afresh
         return pb.RegisterResponse(
-            node_id=node_id, heartbeat_interval=self.c.settings.heartbeat_interval
+            node_id=node_id,
+            heartbeat_interval=self.c.settings.heartbeat_interval,
+            bulk_port=self.c.bulk_port,
         )
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> Any:
@@ -441,12 +574,14 @@ class FleetServicer:
     def Subscribe(self, request: pb.SubscribeRequest, context: grpc.ServicerContext) -> Any:
         node_id = self._node(context, "Subscribe", request.node_id)
         work = self.c.node_event(node_id)
+        bulk = request.bulk and self.c.bulk_port != 0
+        offered: set[str] = set()  # offers made on this stream, fetched or not yet
         while context.is_active():
             work.clear()  # before looking, so work added meanwhile is not missed
             pending = self.c.store.pending_for_node(node_id)
             sent_any = False
             for instruction in pending:
-                if instruction.state != "queued":
+                if instruction.state != "queued" or instruction.metadata.message_id in offered:
                     continue
                 run = self.c.store.run(instruction.metadata.run_id)
                 run_info = (
@@ -455,6 +590,11 @@ class FleetServicer:
                     else (run.app_name, run.app_version, json.dumps(dict(run.config)))
                 )
                 message_id = instruction.metadata.message_id
+                if bulk:
+                    offered.add(message_id)
+                    yield self._offer(node_id, instruction, run_info)
+                    sent_any = True
+                    continue
                 if instruction.content_only:
                     content, digests = self.c.content(instruction)
                     head, data = message_parts_from_content(instruction.metadata, content)
@@ -475,6 +615,28 @@ class FleetServicer:
                 work.wait(_WAIT_SLICE)
                 yield Delivery(keepalive=True)
 
+    def _offer(
+        self, node_id: int, instruction: InstructionRow, run_info: tuple[str, str, str] | None
+    ) -> Delivery:
+        """A bulk offer of ``instruction``: tickets to fetch it and to upload its reply.
+        The fetch is marked delivered once its bytes are sent (see FleetBulk)."""
+        message_id = instruction.metadata.message_id
+        size, head_size, digests = self.c.frame_digests(instruction)
+        offer = pb.BulkOffer(
+            message_id=message_id,
+            ticket=self.c.tickets.issue(OP_FETCH, node_id, message_id, ttl=_FETCH_TICKET_TTL),
+            size=size,
+            head_size=head_size,
+            digests=digests,
+            reply_ticket=self.c.tickets.issue(
+                OP_UPLOAD, node_id, message_id, ttl=_UPLOAD_TICKET_TTL
+            ),
+        )
+        delivery = Delivery(offer=offer)
+        if run_info is not None:
+            delivery.app_name, delivery.app_version, delivery.run_config_json = run_info
+        return delivery
+
     def PushReply(self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext) -> Any:
         claimed = metadata_value(context.invocation_metadata(), NODE_ID_KEY)
         if claimed is None or not claimed.isdigit():
@@ -489,22 +651,13 @@ class FleetServicer:
             frame = _receive_frame(
                 request_iterator, context, self.c.settings.max_frame_bytes, staged
             )
-            metadata = _decode(frame, context).metadata
-            del frame  # the decoded arrays map the file; only the metadata is needed
-            if not metadata.reply_to_message_id or metadata.src_node_id != node_id:
-                _abort(
-                    context,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"node {node_id} may only send its own replies",
-                )
+            del frame  # accept_reply reads it from the staged file
             try:
-                accepted = self.c.store.add_reply(metadata, staged)
-            except (ProtocolError, PollinateError) as exc:
-                _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                accepted = self.c.accept_reply(node_id, staged)
+            except ReplyRefused as exc:
+                _abort(context, exc.code, str(exc))
         finally:
             staged.discard()  # a no-op once the store moved it into place
-        self.c.store.heartbeat(node_id)
-        self.c.notify()
         return pb.PushReplyResponse(accepted=accepted)
 
 
@@ -886,6 +1039,7 @@ def serve(
     if port == 0:
         raise PollinateError(f"cannot listen on {settings.address}; is the port in use?")
     server.start()
+    bulk = _start_bulk(settings, coordinator)
     threading.Thread(target=coordinator.watch_liveness, name="liveness", daemon=True).start()
     log.warning(
         "Pollinate server listening on %s (%s), state in %s",
@@ -903,5 +1057,36 @@ def serve(
                 time.sleep(1.0)
     finally:
         coordinator.close()
+        if bulk is not None:
+            bulk.close()
         server.stop(grace=2).wait(5)
         store.close()
+
+
+def _start_bulk(settings: ServerSettings, coordinator: Coordinator) -> BulkServer | None:
+    """Open the bulk port beside the gRPC one, if asked to; nodes learn its number when
+    they register. A port that cannot be opened is an error: a second server may hold
+    it."""
+    if settings.bulk_port is None:
+        return None
+    host = settings.address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+    tls = settings.bulk_tls
+    context = None if tls is None else server_ssl_context(str(tls[0]), str(tls[1]))
+    try:
+        bulk = BulkServer(
+            host,
+            settings.bulk_port,
+            FleetBulk(coordinator),
+            coordinator.tickets,
+            ssl_context=context,
+            max_upload_bytes=settings.max_frame_bytes,
+        )
+    except OSError as exc:
+        raise PollinateError(
+            f"cannot open the bulk port {host}:{settings.bulk_port}: {exc}; free it or give "
+            "--bulk-port another port (or --bulk-port off)"
+        ) from None
+    bulk.start()
+    coordinator.bulk_port = bulk.port
+    log.warning("bulk port %d open (%s)", bulk.port, "TLS" if context else "plaintext")
+    return bulk

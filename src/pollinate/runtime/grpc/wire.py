@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pollinate.errors import ProtocolError
 from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
@@ -74,6 +75,7 @@ class Delivery:
 
     chunk: Chunk | None = None
     keepalive: bool = False
+    offer: pb.BulkOffer | None = None
     app_name: str = ""
     app_version: str = ""
     run_config_json: str = ""
@@ -116,6 +118,8 @@ def encode_delivery(delivery: Delivery) -> bytes:
     )
     if delivery.keepalive:
         rest.keepalive = True
+    if delivery.offer is not None:
+        rest.offer.CopyFrom(delivery.offer)
     tail = rest.SerializeToString()
     if delivery.chunk is None:
         return tail
@@ -233,6 +237,13 @@ def decode_delivery(data: bytes) -> Delivery:
             delivery.app_version = _text(value, "delivery")
         elif number == 5:
             delivery.run_config_json = _text(value, "delivery")
+        elif number == 6:
+            if isinstance(value, int):
+                raise ProtocolError("malformed delivery: offer is a number")
+            try:
+                delivery.offer = pb.BulkOffer.FromString(bytes(value))
+            except DecodeError:
+                raise ProtocolError("malformed delivery: a bad bulk offer") from None
     return delivery
 
 

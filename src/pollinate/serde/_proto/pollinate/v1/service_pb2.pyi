@@ -139,20 +139,26 @@ class RegisterResponse(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    BULK_PORT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     heartbeat_interval: _builtins.float
     """Seconds between heartbeats the server expects; a node silent for two intervals is
     declared dead and its pending instructions fail.
+    """
+    bulk_port: _builtins.int
+    """The server's bulk port (same host as this gRPC port), or 0 if it has none. Frames
+    cross it as raw bytes, with tickets issued in BulkOffer; see BulkOffer.
     """
     def __init__(
         self,
         *,
         node_id: _builtins.int = ...,
         heartbeat_interval: _builtins.float = ...,
+        bulk_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_port", b"bulk_port", "heartbeat_interval", b"heartbeat_interval", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,19 +210,78 @@ class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
+    BULK_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
+    bulk: _builtins.bool
+    """The node can use the bulk port: offer instructions there (BulkOffer) instead of
+    streaming their chunks.
+    """
     def __init__(
         self,
         *,
         node_id: _builtins.int = ...,
+        bulk: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk", b"bulk", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class BulkOffer(_message.Message):
+    """An instruction to fetch from the bulk port, and a ticket to upload its reply there.
+
+    The bulk port speaks a small binary protocol (pollinate.runtime.grpc.bulk documents it
+    byte by byte): a request b"PLNB" | version 1 (u8) | operation (u8: 1 fetch, 2 upload) |
+    ticket (32 bytes) | size (u64, big-endian; 0 to fetch). A fetch is answered with status
+    0 | size (u64) | the frame; an upload sends the frame, then the XXH3-128 digest of each
+    4 MiB - 64 KiB piece, and is answered with status 0 | accepted (u8) once the reply is
+    durably stored. A refusal is status 1 | length (u32) | UTF-8 reason. A ticket is good
+    for its node and its transfer only; a node that cannot use the port uses gRPC instead
+    (subscribing again without `bulk`, or PushReply).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    HEAD_SIZE_FIELD_NUMBER: _builtins.int
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    REPLY_TICKET_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The instruction's message id."""
+    ticket: _builtins.bytes
+    """Fetches this instruction's frame, once."""
+    size: _builtins.int
+    head_size: _builtins.int
+    """The frame's pieces are its first head_size bytes (if not 0), then pieces of
+    4 MiB - 64 KiB; `digests` holds the XXH3-128 digest of each, in order.
+    """
+    reply_ticket: _builtins.bytes
+    """Uploads the reply to this instruction (valid until the reply is stored)."""
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        ticket: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        head_size: _builtins.int = ...,
+        digests: _abc.Iterable[_builtins.bytes] | None = ...,
+        reply_ticket: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests", "head_size", b"head_size", "message_id", b"message_id", "reply_ticket", b"reply_ticket", "size", b"size", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkOffer: _TypeAlias = BulkOffer  # noqa: Y015
 
 @_typing.final
 class Delivery(_message.Message):
@@ -226,13 +291,14 @@ class Delivery(_message.Message):
 
     CHUNK_FIELD_NUMBER: _builtins.int
     KEEPALIVE_FIELD_NUMBER: _builtins.int
+    OFFER_FIELD_NUMBER: _builtins.int
     APP_NAME_FIELD_NUMBER: _builtins.int
     APP_VERSION_FIELD_NUMBER: _builtins.int
     RUN_CONFIG_JSON_FIELD_NUMBER: _builtins.int
     keepalive: _builtins.bool
     """Nothing to do yet; sent periodically so both ends notice a dead stream."""
     app_name: _builtins.str
-    """With the first chunk of an instruction: the app the instruction's run needs, and
+    """With the first chunk of an instruction, or its offer: the app the instruction's run needs, and
     the run's config as JSON (the node's Context.run_config).
     """
     app_version: _builtins.str
@@ -241,20 +307,25 @@ class Delivery(_message.Message):
     def chunk(self) -> Global___Chunk:
         """A piece of an instruction frame."""
 
+    @_builtins.property
+    def offer(self) -> Global___BulkOffer:
+        """A whole instruction, to fetch from the bulk port (for a node that asked for it)."""
+
     def __init__(
         self,
         *,
         chunk: Global___Chunk | None = ...,
         keepalive: _builtins.bool = ...,
+        offer: Global___BulkOffer | None = ...,
         app_name: _builtins.str = ...,
         app_version: _builtins.str = ...,
         run_config_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "keepalive", b"keepalive", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "keepalive", b"keepalive", "kind", b"kind", "offer", b"offer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "app_version", b"app_version", "chunk", b"chunk", "keepalive", b"keepalive", "kind", b"kind", "run_config_json", b"run_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "app_version", b"app_version", "chunk", b"chunk", "keepalive", b"keepalive", "kind", b"kind", "offer", b"offer", "run_config_json", b"run_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["chunk", "keepalive"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["chunk", "keepalive", "offer"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
