@@ -50,6 +50,7 @@ from pollinate.errors import ProtocolError, TransportError
 from pollinate.runtime.grpc.chunks import MAX_CHUNK_BYTES
 
 __all__ = [
+    "BULK_MIN_BYTES",
     "BulkClient",
     "BulkRefusedError",
     "BulkServer",
@@ -69,6 +70,9 @@ OP_FETCH: Final = 1
 OP_UPLOAD: Final = 2
 TICKET_BYTES: Final = 32
 DIGEST_BYTES: Final = 16
+#: Frames smaller than this go over gRPC even when the bulk port is open: a connection
+#: of its own costs more than a few chunks.
+BULK_MIN_BYTES: Final = 1024 * 1024
 #: Bytes per hashed piece: the same as a gRPC chunk, so a broadcast's digests serve both.
 PIECE_BYTES: Final = MAX_CHUNK_BYTES
 _REQUEST: Final = struct.Struct(f">4sBB{TICKET_BYTES}sQ")
@@ -492,9 +496,12 @@ class BulkServer:
             self._slots.release()
 
     def _handle(self, sock: socket.socket) -> None:
-        magic, version, op, token, size = _REQUEST.unpack(_recv_bytes(sock, _REQUEST.size))
-        if magic != MAGIC:
+        start = _recv_bytes(sock, len(MAGIC))  # another protocol is refused at once
+        if start != MAGIC:
             raise BulkRefusedError("not a Pollinate bulk request")
+        _, version, op, token, size = _REQUEST.unpack(
+            start + _recv_bytes(sock, _REQUEST.size - len(MAGIC))
+        )
         if version != VERSION:
             raise BulkRefusedError(f"bulk protocol version {version}; this server speaks {VERSION}")
         if op not in (OP_FETCH, OP_UPLOAD):

@@ -28,6 +28,7 @@ from pollinate.errors import NodeUnavailableError, ProtocolError
 from pollinate.records import ConfigValue, Context, Error, ErrorCode, Message, RecordDict
 from pollinate.runtime.grpc._common import CHANNEL_OPTIONS, NODE_ID_KEY, translate_rpc_error
 from pollinate.runtime.grpc.bulk import (
+    BULK_MIN_BYTES,
     BulkClient,
     BulkRefusedError,
     BulkUnavailableError,
@@ -293,7 +294,8 @@ class NodeAgent:
         the bulk port with the offer's ``ticket`` if there is one, else (or if that
         fails) over gRPC."""
         segments = message_to_segments(reply)
-        if ticket and self._bulk is not None:
+        size = sum(memoryview(segment).nbytes for segment in segments)
+        if ticket and self._bulk is not None and size >= BULK_MIN_BYTES:
             try:
                 self._bulk.upload(ticket, segments)
                 return

@@ -39,6 +39,7 @@ from pollinate.runtime.grpc._common import (
 )
 from pollinate.runtime.grpc.apps import unpack_app
 from pollinate.runtime.grpc.bulk import (
+    BULK_MIN_BYTES,
     OP_FETCH,
     OP_UPLOAD,
     BulkRefusedError,
@@ -590,7 +591,7 @@ class FleetServicer:
                     else (run.app_name, run.app_version, json.dumps(dict(run.config)))
                 )
                 message_id = instruction.metadata.message_id
-                if bulk:
+                if bulk and instruction.size >= BULK_MIN_BYTES:
                     offered.add(message_id)
                     yield self._offer(node_id, instruction, run_info)
                     sent_any = True
