@@ -136,7 +136,7 @@ def test_a_node_that_cannot_use_the_bulk_port_falls_back_to_grpc(
             stop.set()
             thread.join(timeout=10)
     expected = {
-        "fetch": "frames go over gRPC from now on",
+        "fetch": "frames go over gRPC for the next 600 s",
         "upload": "sending the reply over gRPC",
     }[failing]
     assert expected in caplog.text

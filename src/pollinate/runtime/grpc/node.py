@@ -43,6 +43,10 @@ from pollinate.serde._proto.pollinate.v1 import service_pb2 as pb
 __all__ = ["NodeAgent", "NodeSettings"]
 
 
+#: Seconds a node uses gRPC for frames after the bulk port failed, before trying it again.
+_BULK_RETRY_AFTER = 600.0
+
+
 class _UseGrpc(Exception):
     """The bulk port failed: subscribe again, asking for instructions over gRPC."""
 
@@ -81,7 +85,7 @@ class NodeAgent:
         self._states: dict[int, RecordDict] = {}  # Context.state per run
         self._forgotten = threading.Event()  # the server no longer knows this node
         self._bulk: BulkClient | None = None  # the server's bulk port, while usable
-        self._bulk_failed = False  # it failed once: frames go over gRPC from then on
+        self._bulk_retry_at = 0.0  # after a failure, frames go over gRPC until then
 
     # -- connection -------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -188,7 +192,7 @@ class NodeAgent:
     def _bulk_client(self, port: int) -> BulkClient | None:
         """A client for the server's bulk port, if it has one and this node may use it."""
         settings = self.settings
-        if not port or not settings.bulk or self._bulk_failed:
+        if not port or not settings.bulk or time.monotonic() < self._bulk_retry_at:
             return None
         context = None
         if settings.channel_credentials is not None:
@@ -225,7 +229,9 @@ class NodeAgent:
         first: Delivery | None = None
         for delivery in deliveries:
             if delivery.offer is not None:
-                yield self._fetch(delivery.offer), delivery
+                fetched = self._fetch(delivery.offer)
+                if fetched is not None:
+                    yield fetched, delivery
                 continue
             if delivery.chunk is None:
                 continue
@@ -237,9 +243,11 @@ class NodeAgent:
                 yield message_from_bytes(assembler.frame()), first
                 assembler, first = None, None
 
-    def _fetch(self, offer: pb.BulkOffer) -> Message:
-        """An offered instruction from the bulk port. If that fails, the node subscribes
-        again without it, and the server streams the instruction over gRPC instead."""
+    def _fetch(self, offer: pb.BulkOffer) -> Message | None:
+        """An offered instruction from the bulk port. If the port cannot be used, the
+        node subscribes again without it, and the server streams the instruction over
+        gRPC instead; if the server refuses (the instruction is no longer waiting, or
+        its bytes failed their check), the instruction is skipped (``None``)."""
         assert self._bulk is not None  # offers come only to a node that asked for them
         try:
             frame = self._bulk.fetch(
@@ -249,10 +257,17 @@ class NodeAgent:
                 digests=list(offer.digests),
                 max_bytes=self.settings.max_frame_bytes,
             )
-        except (BulkUnavailableError, BulkRefusedError) as exc:
-            log.warning("the bulk port failed (%s); frames go over gRPC from now on", exc)
-            self._bulk_failed = True
+        except BulkUnavailableError as exc:
+            log.warning(
+                "the bulk port failed (%s); frames go over gRPC for the next %.0f s",
+                exc,
+                _BULK_RETRY_AFTER,
+            )
+            self._bulk_retry_at = time.monotonic() + _BULK_RETRY_AFTER
             raise _UseGrpc from None
+        except BulkRefusedError as exc:
+            log.error("skipping instruction %s: %s", offer.message_id, exc)
+            return None
         return message_from_bytes(frame)
 
     def _handle(self, message: Message, run_info: Delivery) -> Message:

@@ -91,11 +91,10 @@ _CONCURRENT_SENDS = 2  # transfers to nodes at once (see Coordinator.sending)
 _ORDERED_SEND_BYTES = 1024 * 1024
 _SEND_SLOT_WAIT = 2.0  # seconds a transfer waits for a slot before going anyway
 _CACHED_CONTENTS = 1  # the content being sent (re-hashing another costs ~2 ms per 40 MB)
-#: Seconds a node has to fetch an offered instruction (it does so at once; a ticket left
-#: unused is void, and a node that reconnects gets a new offer).
-_FETCH_TICKET_TTL = 600.0
-#: Seconds an upload ticket lasts: longer than any training (instructions expire first).
-_UPLOAD_TICKET_TTL = 7 * 24 * 3600.0
+#: Seconds a bulk ticket lasts: longer than any training, since a node fetches its next
+#: instruction only after training on the one before (the instruction expires first; a
+#: node that registers again or is declared dead loses its tickets).
+_TICKET_TTL = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -625,12 +624,12 @@ class FleetServicer:
         size, head_size, digests = self.c.frame_digests(instruction)
         offer = pb.BulkOffer(
             message_id=message_id,
-            ticket=self.c.tickets.issue(OP_FETCH, node_id, message_id, ttl=_FETCH_TICKET_TTL),
+            ticket=self.c.tickets.issue(OP_FETCH, node_id, message_id, ttl=_TICKET_TTL),
             size=size,
             head_size=head_size,
             digests=digests,
             reply_ticket=self.c.tickets.issue(
-                OP_UPLOAD, node_id, message_id, ttl=_UPLOAD_TICKET_TTL
+                OP_UPLOAD, node_id, message_id, ttl=_TICKET_TTL
             ),
         )
         delivery = Delivery(offer=offer)
