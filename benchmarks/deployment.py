@@ -9,7 +9,9 @@ every node is connected, then submits ``benchmarks/apps/deploy_bench`` with
 ``pollinate run`` for ``--rounds`` rounds (3 by default). The ServerApp runs FedAvg
 over all 10 nodes per round, training only; the ClientApp replies the arrays it got
 plus 0.001, so the time is the framework's (serialization, chunk hashing, the
-server's state store, gRPC) and not a model's.
+server's state store, gRPC and the bulk port) and not a model's. The server opens its
+bulk port (``--bulk-port auto``), so frames of 1 MiB or more cross it beside gRPC;
+``--bulk-port off`` measures every frame in gRPC chunks instead.
 
 Per size it records, from the ``BENCH_ROUND`` lines the ServerApp prints (wall-clock
 timestamps, see ``deploy_bench/server_app.py``):
@@ -318,6 +320,7 @@ def measure(
     state_dir: Path | None = None,
     py_spy: str | None = None,
     profile_seconds: float = 0.0,
+    bulk_port: str = "auto",
 ) -> Measurement:
     """Start a server and 10 nodes, run the app for ``rounds`` rounds, kill everything.
 
@@ -344,6 +347,8 @@ def measure(
                 "--state",
                 str(workdir / "state.db"),
                 "--insecure",
+                "--bulk-port",
+                bulk_port,
             )
             fleet.wait_for(["server"], "listening", 30)
             nodes = [f"node{i}" for i in range(NUM_NODES)]
@@ -741,6 +746,13 @@ def main() -> None:
         help="where the server's state goes (default: the temp dir; "
         "/dev/shm shows the cost of fsync)",
     )
+    parser.add_argument(
+        "--bulk-port",
+        choices=["auto", "off"],
+        default="auto",
+        help="the server's --bulk-port: auto (frames of 1 MiB or more beside gRPC, the "
+        "default) or off (every frame in gRPC chunks)",
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args()
     if args.rounds < 1 or args.repeat < 1:
@@ -765,7 +777,13 @@ def main() -> None:
     measurements = []
     for size in args.sizes:
         runs = [
-            measure(size, args.rounds, timeout=args.timeout, state_dir=args.state_dir)
+            measure(
+                size,
+                args.rounds,
+                timeout=args.timeout,
+                state_dir=args.state_dir,
+                bulk_port=args.bulk_port,
+            )
             for _ in range(args.repeat)
         ]
         good = sorted((r for r in runs if not r.error), key=lambda r: r.steady_round)
@@ -817,8 +835,13 @@ def main() -> None:
         "",
         f"- date: {date}",
         f"- machine: {machine_line()}",
-        f"- 1 server, {NUM_NODES} nodes, all on 127.0.0.1, plaintext gRPC (`--insecure`); "
-        f"{args.rounds} rounds of FedAvg over all {NUM_NODES} nodes, no federated evaluation; "
+        f"- 1 server, {NUM_NODES} nodes, all on 127.0.0.1, plaintext (`--insecure`); frames "
+        + (
+            "of 1 MiB or more on the bulk port, the rest in gRPC chunks (`--bulk-port auto`); "
+            if args.bulk_port == "auto"
+            else "all in gRPC chunks (`--bulk-port off`); "
+        )
+        + f"{args.rounds} rounds of FedAvg over all {NUM_NODES} nodes, no federated evaluation; "
         "the ClientApp returns the received arrays + 0.001",
         f"- server state (SQLite + blobs, fsync'd) in {args.state_dir or tempfile.gettempdir()}",
         f"- memory copy bandwidth: {memcpy:.1f} GB/s; TCP loopback (one stream, 1 GiB "
