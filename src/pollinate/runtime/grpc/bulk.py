@@ -84,6 +84,8 @@ _REFUSED: Final = 1
 _MAX_REASON: Final = 4096
 #: Seconds a socket operation may stall before the connection is given up.
 IO_TIMEOUT: Final = 60.0
+#: Seconds a connection has to complete TLS and send its request.
+_REQUEST_TIMEOUT: Final = 10.0
 #: Connections served at once; more are closed at once (a node falls back to gRPC).
 MAX_CONNECTIONS: Final = 256
 _IO_BYTES: Final = 1024 * 1024  # per send/recv call: a slice of a piece
@@ -476,7 +478,9 @@ class BulkServer:
     def _serve(self, raw: socket.socket, peer: object) -> None:
         sock = raw
         try:
-            raw.settimeout(self._timeout)
+            # Until the request is in, a short timeout: a connection that says nothing
+            # must not hold one of the MAX_CONNECTIONS for long.
+            raw.settimeout(min(self._timeout, _REQUEST_TIMEOUT))
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(raw, server_side=True)
@@ -502,6 +506,7 @@ class BulkServer:
         _, version, op, token, size = _REQUEST.unpack(
             start + _recv_bytes(sock, _REQUEST.size - len(MAGIC))
         )
+        sock.settimeout(self._timeout)
         if version != VERSION:
             raise BulkRefusedError(f"bulk protocol version {version}; this server speaks {VERSION}")
         if op not in (OP_FETCH, OP_UPLOAD):
