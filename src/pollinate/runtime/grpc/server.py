@@ -628,9 +628,7 @@ class FleetServicer:
             size=size,
             head_size=head_size,
             digests=digests,
-            reply_ticket=self.c.tickets.issue(
-                OP_UPLOAD, node_id, message_id, ttl=_TICKET_TTL
-            ),
+            reply_ticket=self.c.tickets.issue(OP_UPLOAD, node_id, message_id, ttl=_TICKET_TTL),
         )
         delivery = Delivery(offer=offer)
         if run_info is not None:
