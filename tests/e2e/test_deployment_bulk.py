@@ -13,25 +13,10 @@ from pollinate.client import ClientApp
 from pollinate.runtime.grpc.bulk import BulkClient, BulkUnavailableError
 from pollinate.runtime.grpc.node import NodeAgent, NodeSettings
 from pollinate.runtime.loading import load_object
-from pollinate.testing.processes import Processes, free_port, wait_for
+from pollinate.testing.processes import Processes, free_port
 
 BIGAPP = Path(__file__).resolve().parent / "apps" / "bigapp"
 PARAMETERS = 1_500_007  # 6 MB: two pieces and a bit, over the bulk threshold
-
-
-def _server(procs: Processes, port: int, *extra: str) -> None:
-    procs.start(
-        "server",
-        "--address",
-        f"127.0.0.1:{port}",
-        "--state",
-        str(procs.workdir / "state.db"),
-        "--heartbeat-interval",
-        "5",
-        *extra,
-        name="server",
-    )
-    wait_for(lambda: "listening" in procs.log("server"), 20, "the server to listen")
 
 
 def _run(procs: Processes, port: int, *extra: str) -> str:
@@ -51,27 +36,23 @@ def _run(procs: Processes, port: int, *extra: str) -> str:
 @pytest.mark.parametrize("bulk_port", ["auto", "off"])
 def test_a_model_crosses_the_bulk_port_or_grpc_intact(procs: Processes, bulk_port: str) -> None:
     port = free_port()
-    _server(procs, port, "--insecure", "--bulk-port", bulk_port)
-    procs.start(
-        "node", "--server", f"127.0.0.1:{port}", "--app", str(BIGAPP), "--insecure", name="n"
-    )
-    wait_for(lambda: "connected" in procs.log("n"), 30, "the node to connect")
+    procs.start_server(port, "--insecure", "--bulk-port", bulk_port, heartbeat_interval=5)
+    procs.start_nodes(port, BIGAPP, 1, "--insecure")
     assert f"bytes {PARAMETERS * 4} equal True" in _run(procs, port, "--insecure")
-    uses_bulk = f"frames on its bulk port {port + 1}" in procs.log("n")
-    assert uses_bulk == (bulk_port == "auto"), procs.log("n")
+    uses_bulk = f"frames on its bulk port {port + 1}" in procs.log("node0")
+    assert uses_bulk == (bulk_port == "auto"), procs.log("node0")
 
 
 def test_the_bulk_port_over_tls(procs: Processes) -> None:
     port = free_port()
     certs = procs.workdir / "certs"
     assert procs.run("certificates", str(certs)).returncode == 0
-    _server(procs, port, "--certificates", str(certs))
+    procs.start_server(port, "--certificates", str(certs), heartbeat_interval=5)
     root = ("--root-certificate", str(certs / "ca.pem"))
-    procs.start("node", "--server", f"127.0.0.1:{port}", "--app", str(BIGAPP), *root, name="n")
-    wait_for(lambda: "connected" in procs.log("n"), 30, "the node to connect")
+    procs.start_nodes(port, BIGAPP, 1, *root)
     assert f"bytes {PARAMETERS * 4} equal True" in _run(procs, port, *root)
-    assert "bulk port" in procs.log("n")
-    assert "frames go over gRPC" not in procs.log("n")
+    assert "bulk port" in procs.log("node0")
+    assert "frames go over gRPC" not in procs.log("node0")
     # The port speaks TLS only: a plaintext request gets no answer but a closed socket.
     with socket.create_connection(("127.0.0.1", port + 1), timeout=5) as sock:
         sock.sendall(b"PLNB" + bytes(42))
@@ -99,7 +80,7 @@ def test_a_node_that_cannot_use_the_bulk_port_falls_back_to_grpc(
     # node's fetch finds nothing listening (it subscribes again without the bulk port),
     # or its upload fails (the reply goes by PushReply).
     port = free_port()
-    _server(procs, port, "--insecure")
+    procs.start_server(port, "--insecure", heartbeat_interval=5)
     if failing == "fetch":
         closed = _closed_port()
         original = NodeAgent._bulk_client
@@ -145,11 +126,8 @@ def test_a_node_that_cannot_use_the_bulk_port_falls_back_to_grpc(
 
 def test_garbage_on_the_bulk_port_is_refused_while_a_run_goes_on(procs: Processes) -> None:
     port = free_port()
-    _server(procs, port, "--insecure")
-    procs.start(
-        "node", "--server", f"127.0.0.1:{port}", "--app", str(BIGAPP), "--insecure", name="n"
-    )
-    wait_for(lambda: "connected" in procs.log("n"), 30, "the node to connect")
+    procs.start_server(port, "--insecure", heartbeat_interval=5)
+    procs.start_nodes(port, BIGAPP, 1, "--insecure")
     answers = []
     for payload in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", b"PLNB\x01\x01" + bytes(40)):
         with socket.create_connection(("127.0.0.1", port + 1), timeout=5) as sock:
