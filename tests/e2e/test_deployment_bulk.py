@@ -138,3 +138,27 @@ def test_garbage_on_the_bulk_port_is_refused_while_a_run_goes_on(procs: Processe
     assert b"unknown, spent or expired ticket" in answers[2]
     assert f"bytes {PARAMETERS * 4} equal True" in _run(procs, port, "--insecure")
     assert "refused" in procs.log("server")
+
+
+@pytest.mark.parametrize("taken", ["grpc", "bulk"])
+def test_a_port_in_use_is_a_clear_error(procs: Processes, taken: str) -> None:
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port + (taken == "bulk")))
+        holder.listen()
+        result = procs.run(
+            "server",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--state",
+            str(procs.workdir / "state.db"),
+            "--insecure",
+            timeout=30,
+        )
+    assert result.returncode != 0
+    expected = {
+        "grpc": f"cannot listen on 127.0.0.1:{port}; is the port in use?",
+        "bulk": f"cannot open the bulk port 127.0.0.1:{port + 1}",
+    }[taken]
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -1030,14 +1030,17 @@ def serve(
     add_fleet_servicer(FleetServicer(coordinator), server)
     add_grid_io_servicer(GridIoServicer(coordinator), server)
     rpc.add_ControlServicer_to_server(ControlServicer(coordinator), server)
-    if settings.credentials is not None:
-        port = server.add_secure_port(settings.address, settings.credentials)
-    else:
-        port = server.add_insecure_port(settings.address)
+    try:
+        if settings.credentials is not None:
+            port = server.add_secure_port(settings.address, settings.credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
         raise PollinateError(f"cannot listen on {settings.address}; is the port in use?")
+    bulk = _start_bulk(settings, coordinator)  # before serving: nodes learn its port
     server.start()
-    bulk = _start_bulk(settings, coordinator)
     threading.Thread(target=coordinator.watch_liveness, name="liveness", daemon=True).start()
     log.warning(
         "Pollinate server listening on %s (%s), state in %s",
