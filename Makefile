@@ -82,7 +82,10 @@ bench-fedprox: $(VENV)/.installed-bench
 bench-byzantine: $(VENV)/.installed-bench
 	$(PY) benchmarks/byzantine.py
 
-bench-deployment: $(VENV)/.installed-bench
+# Flower's deployment engine on the same workload first: deployment.py puts its figures
+# beside Pollinate's.
+bench-deployment: $(VENV)/.installed-bench $(FLWR_STAMP)
+	$(PY) benchmarks/flower_deployment.py
 	$(PY) benchmarks/deployment.py
 	$(PY) benchmarks/grpc_floor.py > benchmarks/results/grpc_floor.md
 

@@ -44,9 +44,9 @@ Why
 ---
 The issue's targets: <= 0.1 s per round with the 8k model, <= 1.5 s per round with
 the 10M model, and the server's peak RSS under 3 x model size + 300 MB. Flower 1.42
-(SuperLink + 10 SuperNodes) took 15.7 s and 35.5 s per round on this machine (quoted
-from the issue, not re-measured here: installing and running Flower's deployment
-engine takes too long for this suite).
+(SuperLink + 10 SuperNodes) took 15.7 s and 35.5 s per round on this machine, says the
+issue; ``flower_deployment.py`` measures it on the same workload (``make
+bench-deployment`` runs it first), and its figures go in the last column.
 
 Usage
 -----
@@ -87,10 +87,31 @@ ROUND_PREFIX = "BENCH_ROUND "
 DONE_PREFIX = "BENCH_DONE "
 #: Issue targets: seconds per round by model size (parameters); RSS: 3 x model + 300 MB.
 ROUND_TARGETS = {8_192: 0.1, 10_000_000: 1.5}
-#: Flower 1.42 deployment (SuperLink + 10 SuperNodes) on this machine, from the issue.
+#: Flower 1.42 deployment (SuperLink + 10 SuperNodes) on this machine, from the issue;
+#: replaced by ``flower_deployment.py``'s measurement when it exists.
 FLOWER_ROUND = {8_192: 15.7, 10_000_000: 35.5}
+FLOWER_RESULTS = BENCH_DIR / "results" / "flower_deployment.json"
 FLOWER_TOTAL_RSS_GB = 8.3
 MB = 1e6
+
+
+def flower_figures() -> tuple[dict[int, float], str]:
+    """Flower's s/round per size and where they come from."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        measured = json.loads(FLOWER_RESULTS.read_text())
+        rounds = {int(size): float(f["round"]) for size, f in measured["sizes"].items()}
+        totals = [f["total_rss"] for f in measured["sizes"].values()]
+        source = (
+            f"measured by `flower_deployment.py` ({measured['date']}, flwr {measured['flwr']}, "
+            f"same workload, see flower_deployment.md): "
+            + ", ".join(f"{rounds[s]:.1f} s per round ({_size_name(s)})" for s in sorted(rounds))
+            + f", up to {max(totals) / 1e9:.1f} GB resident across its processes"
+        )
+        return rounds, source
+    return FLOWER_ROUND, (
+        "quoted from the issue (no flower_deployment.json): 15.7 s per round (8k), 35.5 s "
+        f"per round (10M), {FLOWER_TOTAL_RSS_GB} GB resident across its processes"
+    )
 
 
 # -- process handling -------------------------------------------------------------------
@@ -614,7 +635,7 @@ def _mb(nbytes: int) -> str:
     return f"{nbytes / MB:,.0f}"
 
 
-def results_table(measurements: Sequence[Measurement]) -> str:
+def results_table(measurements: Sequence[Measurement], flower_rounds: dict[int, float]) -> str:
     """The main markdown table: one row per model size."""
     lines = [
         "| model | model MB | round 1 s | rounds 2+ s (median run; min-max over runs) "
@@ -646,13 +667,13 @@ def results_table(measurements: Sequence[Measurement]) -> str:
             if len(m.repeats) > 1
             else ""
         )
-        flower = FLOWER_ROUND.get(m.parameters)
+        flower = flower_rounds.get(m.parameters)
         lines.append(
             f"| {name} | {m.model_bytes / MB:,.2f} | {m.first_round:.3f} "
             f"| {m.steady_round:.3f}{spread} | {verdict} | {m.total:.2f} "
             f"| {rss(m.server_process_rss)} | {rss(m.server_rss)} "
             f"| {_mb(m.node_rss)} | {_mb(m.max_node_rss)} | {_mb(m.total_rss)} "
-            f"| {f'{flower:g}' if flower else '-'} |"
+            f"| {f'{flower:.1f}' if flower else '-'} |"
         )
     return "\n".join(lines)
 
@@ -811,6 +832,7 @@ def main() -> None:
         )
     load_after = os.getloadavg()[0]
 
+    flower_rounds, flower_source = flower_figures()
     largest = max(DEFAULT_SIZES)  # the physical limits are given for the 10M model
     model = 4 * largest
     traffic = [
@@ -857,12 +879,9 @@ def main() -> None:
         "ServerApp child process; all processes = server tree + 10 nodes at the same instant",
         "- targets (issue): <= 0.1 s per round (8k), <= 1.5 s per round (10M), server "
         "peak RSS <= 3 x model + 300 MB",
-        f"- Flower 1.42 (SuperLink + 10 SuperNodes) on this machine, quoted from the issue, "
-        f"not re-measured (installing and running Flower's deployment engine takes too "
-        f"long here): 15.7 s per round (8k), 35.5 s per round (10M), "
-        f"{FLOWER_TOTAL_RSS_GB} GB resident across its processes",
+        f"- Flower 1.42 (SuperLink + 10 SuperNodes) on this machine, {flower_source}",
         "",
-        results_table(measurements),
+        results_table(measurements, flower_rounds),
         "",
         "Where a steady round (rounds 2+) goes, from the ServerApp's timestamps:",
         "",

@@ -1,0 +1,1 @@
+"""Flower's twin of Pollinate's deployment benchmark app (``benchmarks/flower_deployment.py``)."""
