@@ -186,7 +186,7 @@ def test_an_upload_over_the_limit_is_refused_before_its_bytes(
     server = _server(service, tickets, max_upload_bytes=1000)
     try:
         client = BulkClient("127.0.0.1", server.port, timeout=10)
-        with pytest.raises((BulkRefusedError, BulkUnavailableError)):
+        with pytest.raises(BulkRefusedError, match="exceeds 1000"):
             client.upload(tickets.issue(OP_UPLOAD, 7, "big", ttl=60), [b"z" * 5000])
         assert "big" not in service.uploads
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -203,7 +203,7 @@ def test_tickets_are_for_one_operation_and_expire(client: BulkClient, tickets: T
     with pytest.raises(BulkRefusedError, match="ticket"):
         _fetch(client, upload_ticket)
     fetch_ticket = tickets.issue(OP_FETCH, 7, "r3", ttl=60)
-    with pytest.raises((BulkRefusedError, BulkUnavailableError)):
+    with pytest.raises(BulkRefusedError, match="ticket"):
         client.upload(fetch_ticket, [b"data"])
     expired = tickets.issue(OP_FETCH, 7, "m1", ttl=-1)
     with pytest.raises(BulkRefusedError, match="expired"):

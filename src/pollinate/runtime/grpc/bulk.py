@@ -84,6 +84,9 @@ _REFUSED: Final = 1
 _MAX_REASON: Final = 4096
 #: Seconds a socket operation may stall before the connection is given up.
 IO_TIMEOUT: Final = 60.0
+#: After a refusal, how long and how much the server still reads (see _drain).
+_DRAIN_SECONDS: Final = 2.0
+_DRAIN_BYTES: Final = 64 * 1024 * 1024
 #: Seconds a connection has to complete TLS and send its request.
 _REQUEST_TIMEOUT: Final = 10.0
 #: Connections served at once; more are closed at once (a node falls back to gRPC).
@@ -171,6 +174,17 @@ def _send_all(sock: socket.socket, segments: Sequence[bytes | memoryview]) -> No
         view = memoryview(segment).cast("B")
         for start in range(0, view.nbytes, _IO_BYTES):
             sock.sendall(view[start : start + _IO_BYTES])
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read what the peer still sends, briefly, after a refusal: closing with unread bytes
+    would reset the connection and could destroy the refusal before the peer reads it."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(_DRAIN_SECONDS)
+    scratch = bytearray(_IO_BYTES)
+    left = _DRAIN_BYTES
+    while left > 0 and (received := sock.recv_into(scratch)):
+        left -= received
 
 
 def _refusal(reason: str) -> bytes:
@@ -273,14 +287,20 @@ class BulkClient:
         size = sum(v.nbytes for v in views)
         try:
             with self._connect() as sock:
-                sock.sendall(_REQUEST.pack(MAGIC, VERSION, OP_UPLOAD, ticket, size))
-                hasher = _PieceHasher()
-                for view in views:
-                    for start in range(0, view.nbytes, _IO_BYTES):
-                        piece = view[start : start + _IO_BYTES]
-                        sock.sendall(piece)
-                        hasher.update(piece)
-                sock.sendall(b"".join(hasher.finish()))
+                try:
+                    sock.sendall(_REQUEST.pack(MAGIC, VERSION, OP_UPLOAD, ticket, size))
+                    hasher = _PieceHasher()
+                    for view in views:
+                        for start in range(0, view.nbytes, _IO_BYTES):
+                            piece = view[start : start + _IO_BYTES]
+                            sock.sendall(piece)
+                            hasher.update(piece)
+                    sock.sendall(b"".join(hasher.finish()))
+                except OSError:
+                    # The server may have refused before reading it all (a spent ticket,
+                    # an oversized upload) and stopped reading: say why if it said so.
+                    _expect_ok(sock, "upload")
+                    raise
                 _expect_ok(sock, "upload")
                 return bool(_recv_bytes(sock, 1)[0])
         except OSError as exc:
@@ -489,6 +509,7 @@ class BulkServer:
             log.warning("bulk port: refused %s: %s", peer, exc)
             with contextlib.suppress(OSError):
                 sock.sendall(_refusal(str(exc)))
+                _drain(sock)
         except (OSError, ssl.SSLError, BulkUnavailableError) as exc:
             log.warning("bulk port: connection from %s failed: %s", peer, exc)
         except Exception:  # a bug must not take the listener down
