@@ -299,12 +299,13 @@ def test_an_offer_over_max_bytes_is_refused_before_connecting(tickets: TicketBoo
     assert tickets.take(ticket, OP_FETCH) is not None
 
 
-def test_a_fetch_for_a_frame_the_service_cannot_send_is_refused(
+def test_a_fetch_the_service_fails_on_is_unavailable_not_refused(
     client: BulkClient, tickets: TicketBook, server: BulkServer
 ) -> None:
-    """An exception in the service (here a KeyError) is an internal error, told to the
-    client, and the port keeps serving."""
-    with pytest.raises(BulkRefusedError, match="internal error"):
+    """An exception in the service (here a KeyError) closes the connection without a
+    refusal, so a node uses gRPC instead of dropping the instruction; the port keeps
+    serving."""
+    with pytest.raises(BulkUnavailableError):
         fetch(client, tickets.issue(OP_FETCH, NODE, "no such message", ttl=60))
     assert bytes(fetch(client, tickets.issue(OP_FETCH, NODE, "m1", ttl=60))) == FRAME
 
@@ -441,6 +442,11 @@ def test_the_ticket_book_takes_fetch_tickets_once_and_upload_tickets_until_spent
     assert book.take(upload, OP_UPLOAD) is None
     book.spend(upload)  # spending twice is harmless
     assert len(book) == 0
+
+
+def test_a_ticket_book_needs_room_for_one_ticket() -> None:
+    with pytest.raises(ValueError, match="max_tickets must be at least 1"):
+        TicketBook(max_tickets=0)
 
 
 def test_forget_node_voids_only_that_nodes_tickets() -> None:

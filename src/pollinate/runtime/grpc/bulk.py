@@ -339,6 +339,8 @@ class TicketBook:
     upload ticket stays valid until :meth:`spend` (a failed upload may be retried)."""
 
     def __init__(self, *, max_tickets: int = 100_000) -> None:
+        if max_tickets < 1:
+            raise ValueError(f"max_tickets must be at least 1, got {max_tickets}")
         self._tickets: dict[bytes, Ticket] = {}
         self._lock = threading.Lock()
         self._max = max_tickets
@@ -512,10 +514,10 @@ class BulkServer:
                 _drain(sock)
         except (OSError, ssl.SSLError, BulkUnavailableError) as exc:
             log.warning("bulk port: connection from %s failed: %s", peer, exc)
-        except Exception:  # a bug must not take the listener down
+        except Exception:  # a bug or a disk error must not take the listener down
+            # Closed without a refusal: the node takes it as the port being unusable and
+            # uses gRPC, where the instruction (still queued) or the reply still goes.
             log.exception("bulk port: serving %s failed", peer)
-            with contextlib.suppress(OSError):
-                sock.sendall(_refusal("internal error; see the server's log"))
         finally:
             sock.close()
             self._slots.release()
