@@ -420,7 +420,9 @@ class BulkService(Protocol):
 
     def serve_upload(self, ticket: Ticket, upload: Upload) -> bool:
         """Store the reply being uploaded; ``True`` if new, ``False`` if a duplicate.
-        Raises BulkRefusedError to refuse it."""
+        Raises BulkRefusedError to refuse it. It must read the whole upload (``upload.
+        read_into``) before returning: unread bytes would reset the connection and lose
+        the answer."""
 
 
 class BulkServer:
