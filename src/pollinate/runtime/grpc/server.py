@@ -329,12 +329,12 @@ class Coordinator:
     def frame_digests(self, instruction: InstructionRow) -> tuple[int, int, list[bytes]]:
         """Size, first piece and piece digests of an instruction's frame (as
         :func:`.bulk.piece_digests` cuts it)."""
-        segments, head_size = self.instruction_frame(instruction)
-        size = sum(segment.nbytes for segment in segments)
         if instruction.content_only:
-            _, cached = self.content(instruction)
-            return size, head_size, [*piece_digests(segments[:1]), *cached]
-        return size, head_size, piece_digests(segments)
+            content, cached = self.content(instruction)
+            head, data = message_parts_from_content(instruction.metadata, content)
+            return len(head) + data.nbytes, len(head), [*piece_digests([head]), *cached]
+        frame = self.store.read_blob(instruction.path)
+        return frame.nbytes, 0, piece_digests([frame])
 
     def accept_reply(self, node_id: int, staged: StagedFile, *, reply_to: str = "") -> bool:
         """Store a reply that node ``node_id`` sent (its bytes in ``staged``): ``True``
